@@ -1,0 +1,114 @@
+"""The aiohttp edge of a legacy channel socket: accept, read the handshake, join a session."""
+
+from __future__ import annotations
+
+import logging
+import socket
+from typing import TYPE_CHECKING
+
+from aiohttp import WSMsgType, web
+
+from ..routing import LegacyTarget, ResolvedRoute
+from ..wire.errors import HandshakeError
+from ..wire.handshake import Handshake, parse_handshake
+from .closing import close_legacy_socket
+from .registry import SessionRefused
+
+if TYPE_CHECKING:
+    from ..app import ProxyServer
+
+log = logging.getLogger("proxy.legacy")
+
+CLOSE_UNSUPPORTED_DATA = 1003
+
+
+async def handle_legacy_socket(
+    server: ProxyServer, request: web.Request, resolved: ResolvedRoute, target: LegacyTarget
+) -> web.StreamResponse:
+    """Serve one of the three legacy sockets for its whole life."""
+    if not server.accepting:
+        return web.json_response({"error": "proxy is shutting down"}, status=503)
+    config = server.config
+    interval = config.keepalive.ping_interval
+    ws = web.WebSocketResponse(
+        max_msg_size=config.max_message_bytes_for(resolved.route),
+        heartbeat=interval or None,
+        compress=False,
+        decode_text=False,
+    )
+    await ws.prepare(request)
+    _no_delay(request)
+    metrics = server.metrics
+    try:
+        handshake = await _read_handshake(ws, config.limits.handshake_timeout)
+    except HandshakeError as exc:
+        metrics.handshake_failures.labels(_handshake_label(exc.reason)).inc()
+        log.warning(
+            "handshake refused kernel=%s channel=%s peer=%s: %s",
+            target.kernel_id,
+            target.channel,
+            request.remote,
+            exc.reason,
+        )
+        await close_legacy_socket(ws, exc.close_code, exc.reason, "clean")
+        return ws
+    try:
+        session = server.registry.attach(request, resolved, target, handshake, ws)
+    except SessionRefused as exc:
+        metrics.handshake_failures.labels("refused").inc()
+        log.warning("session refused kernel=%s: %s", target.kernel_id, exc.reason)
+        await close_legacy_socket(ws, exc.code, exc.reason, "clean")
+        return ws
+    try:
+        while not session.closed:
+            msg = await ws.receive()
+            if msg.type is WSMsgType.TEXT:
+                await session.from_client(target.channel, msg.data)
+            elif msg.type is WSMsgType.BINARY:
+                await session.reject_client_frame(
+                    CLOSE_UNSUPPORTED_DATA, "binary frames are not part of the legacy protocol"
+                )
+            else:
+                break
+    finally:
+        session.detach(target.channel, ws)
+    if not ws.closed:
+        await close_legacy_socket(ws, 1000, "session closed", "clean")
+    return ws
+
+
+async def _read_handshake(ws: web.WebSocketResponse, timeout: float) -> Handshake:
+    try:
+        msg = await ws.receive(timeout=timeout)
+    except TimeoutError:
+        raise HandshakeError(f"no session handshake within {timeout:g}s") from None
+    if msg.type is WSMsgType.BINARY:
+        raise HandshakeError("handshake must be a text frame '<session_id>:<cookies>'")
+    if msg.type is not WSMsgType.TEXT:
+        raise HandshakeError("socket closed before the session handshake")
+    data = msg.data
+    if isinstance(data, bytes):
+        try:
+            data = data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise HandshakeError("handshake is not valid UTF-8") from None
+    return parse_handshake(data)
+
+
+def _handshake_label(reason: str) -> str:
+    if reason.startswith("no session handshake"):
+        return "timeout"
+    return "malformed"
+
+
+def _no_delay(request: web.Request) -> None:
+    transport = request.transport
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
+
+
+__all__ = ["handle_legacy_socket"]

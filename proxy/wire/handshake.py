@@ -1,0 +1,48 @@
+"""The legacy handshake: the first text frame kernel.js sends on each socket."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from proxy.wire.errors import HandshakeError
+
+MAX_SESSION_ID_CHARS = 128
+MAX_COOKIE_CHARS = 16 * 1024
+
+# kernel.js 2.x: 32 uppercase hex digits; 1.x: a dashed UUID.
+_SESSION_ID = re.compile(rf"[A-Za-z0-9_-]{{1,{MAX_SESSION_ID_CHARS}}}")
+# document.cookie is printable text; tab and latin-1 letters are allowed, other controls are not.
+_COOKIE_FORBIDDEN = re.compile(r"[^\t\x20-\x7e\x80-\xff]")
+
+
+@dataclass(frozen=True, slots=True)
+class Handshake:
+    """What a legacy socket introduced itself with."""
+
+    session_id: str
+    cookie: str
+
+
+def parse_handshake(frame: str) -> Handshake:
+    """Parse `"<session_id>:<cookie string>"` (kernel.js: `session_id + ':' + document.cookie`)."""
+    if not isinstance(frame, str):
+        raise HandshakeError("handshake must be a text frame")
+    session_id, sep, cookie = frame.partition(":")
+    if not sep:
+        raise HandshakeError("handshake has no ':' after the session id")
+    if not session_id:
+        raise HandshakeError("handshake has an empty session id")
+    if len(session_id) > MAX_SESSION_ID_CHARS:
+        raise HandshakeError(f"session id longer than {MAX_SESSION_ID_CHARS} characters")
+    if not _SESSION_ID.fullmatch(session_id):
+        raise HandshakeError("session id may only contain A-Z a-z 0-9 _ -")
+    if len(cookie) > MAX_COOKIE_CHARS:
+        raise HandshakeError(f"handshake cookie longer than {MAX_COOKIE_CHARS} characters")
+    bad = _COOKIE_FORBIDDEN.search(cookie)
+    if bad is not None:
+        raise HandshakeError(
+            f"handshake cookie has forbidden character U+{ord(bad.group()):04X} "
+            f"at offset {bad.start()}"
+        )
+    return Handshake(session_id=session_id, cookie=cookie)

@@ -1,0 +1,73 @@
+"""The `v1.kernel.websocket.jupyter.org` binary framing (jupyter_server's preferred subprotocol).
+
+Frame layout: uint64 LE count n, then n uint64 LE offsets from the start of the frame,
+then the parts they delimit: channel, header, parent_header, metadata, content, buffers...
+The last offset is the end of the frame. The JSON parts are never parsed here.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from proxy.wire.errors import FrameError
+from proxy.wire.message import KernelMessage
+
+SUBPROTOCOL = "v1.kernel.websocket.jupyter.org"
+MAX_CHANNEL_BYTES = 32
+_JSON_PARTS = 4  # header, parent_header, metadata, content
+_MIN_OFFSETS = 2 + _JSON_PARTS  # channel start and end, then the end of each JSON part
+_U64 = struct.Struct("<Q")
+
+
+def _fail(reason: str) -> FrameError:
+    return FrameError(f"v1 frame: {reason}", FrameError.PROTOCOL_ERROR)
+
+
+def decode_v1(frame: bytes) -> KernelMessage:
+    """Split a v1 frame into its channel, raw JSON parts and buffers."""
+    size = len(frame)
+    if size < 8:
+        raise _fail(f"{size} bytes is shorter than its part count")
+    (count,) = _U64.unpack_from(frame, 0)
+    if count < _MIN_OFFSETS:
+        raise _fail(f"{count} offsets, at least {_MIN_OFFSETS} needed")
+    table_end = 8 * (count + 1)
+    if table_end > size:
+        raise _fail(f"{count} offsets do not fit in {size} bytes")
+    offsets = struct.unpack_from(f"<{count}Q", frame, 8)
+    if offsets[0] < table_end:
+        raise _fail("first part starts inside the offset table")
+    if offsets[-1] != size:
+        raise _fail(f"last offset {offsets[-1]} is not the frame length {size}")
+    previous = offsets[0]
+    for offset in offsets:
+        if offset < previous:
+            raise _fail("offsets decrease")
+        previous = offset
+    channel_bytes = frame[offsets[0] : offsets[1]]
+    if not channel_bytes or len(channel_bytes) > MAX_CHANNEL_BYTES:
+        raise _fail(f"channel name of {len(channel_bytes)} bytes")
+    try:
+        channel = channel_bytes.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise _fail("channel name is not UTF-8") from exc
+    parts = [frame[offsets[i] : offsets[i + 1]] for i in range(1, count - 1)]
+    return KernelMessage(
+        channel=channel,
+        header=parts[0],
+        parent_header=parts[1],
+        metadata=parts[2],
+        content=parts[3],
+        buffers=parts[_JSON_PARTS:],
+    )
+
+
+def encode_v1(msg: KernelMessage) -> bytes:
+    """Build the v1 frame for one message (the same bytes jupyter_server's serializer makes)."""
+    channel = msg.channel.encode("utf-8")
+    parts = [channel, msg.header, msg.parent_header, msg.metadata, msg.content, *msg.buffers]
+    count = len(parts) + 1
+    offsets = [8 * (count + 1)]
+    for part in parts:
+        offsets.append(offsets[-1] + len(part))
+    return b"".join([struct.pack(f"<{count + 1}Q", count, *offsets), *parts])
