@@ -196,7 +196,17 @@ class Fleet:
 
 
 def cpu_seconds(pid: int) -> float:
-    """utime + stime of one process, from /proc."""
+    """CPU time of all threads of a process, from /proc (ns resolution where available)."""
+    total_ns = 0
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            total_ns += int((task / "schedstat").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return _stat_cpu_seconds(pid)  # kernels without schedstats: clock-tick resolution
+    return total_ns / 1e9
+
+
+def _stat_cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
@@ -321,6 +331,8 @@ async def measure_path(
             raise BenchError(f"1 MB flood got {large.messages}/{profile.large_flood} messages")
         path.add("large_msgs", large.msgs_per_s)
         path.add("large_mb", large.mb_per_s)
+        await asyncio.sleep(0.2)  # let the 1 MB frames' memory settle before timing latency
+        await echo_round_trips(client, 20, "warm-up")
         echo.setdefault(path.key, []).extend(
             await echo_round_trips(client, profile.echo_rounds, "pass")
         )

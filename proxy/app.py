@@ -53,7 +53,9 @@ class ProxyServer:
             public,
             handle_signals=False,
             access_log_class=_access_logger_class(),
-            access_log=logging.getLogger("proxy.access") if self.config.logging.access_log else None,
+            access_log=logging.getLogger("proxy.access")
+            if self.config.logging.access_log
+            else None,
             shutdown_timeout=self.config.shutdown.deadline,
         )
         await runner.setup()
@@ -104,9 +106,7 @@ class ProxyServer:
         raw_path = request.raw_path.split("?", 1)[0]
         resolved = self.routes.match(raw_path)
         if resolved is None:
-            return web.json_response(
-                {"error": "no route", "path": request.path}, status=404
-            )
+            return web.json_response({"error": "no route", "path": request.path}, status=404)
         target = resolved.legacy_target()
         if target is not None and _is_websocket_upgrade(request):
             return await handle_legacy_socket(self, request, resolved, target)
@@ -120,7 +120,9 @@ class ProxyServer:
         embedded_url = next(iter(self.embedded.values())).url if self.embedded else None
         if embedded_url is None and any(r.upstream == "embedded" for r in config.routes):
             raise ConfigError(
-                self.config_path or "<config>", "routes", "cannot add an embedded upstream on reload"
+                self.config_path or "<config>",
+                "routes",
+                "cannot add an embedded upstream on reload",
             )
         table = RouteTable(config.routes, {"embedded": embedded_url} if embedded_url else None)
         self.config = config
@@ -189,10 +191,7 @@ class ProxyServer:
 
 
 def _is_websocket_upgrade(request: web.Request) -> bool:
-    return (
-        request.method == "GET"
-        and "websocket" in request.headers.get("Upgrade", "").lower()
-    )
+    return request.method == "GET" and "websocket" in request.headers.get("Upgrade", "").lower()
 
 
 def _site_url(site: web.TCPSite, scheme: str) -> str:

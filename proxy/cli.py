@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import errno
 import ipaddress
 import logging
@@ -205,9 +206,10 @@ def _server_class() -> type[ProxyServer]:
             try:
                 await super().start()
             except BaseException:
-                # A listener that cannot bind must not leave the embedded server behind.
-                for embedded in {id(e): e for e in self.embedded.values()}.values():
-                    await embedded.stop()
+                # A listener that cannot bind must not leave the embedded server (or open
+                # client connections) behind; the original error is what the user sees.
+                with contextlib.suppress(Exception):
+                    await self.shutdown()
                 raise
             log.info("%s", startup_banner(self))
 

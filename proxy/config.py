@@ -271,7 +271,9 @@ def _expand_tree(node: Any, source: str, key: str) -> Any:
     if isinstance(node, list):
         return [_expand_tree(item, source, f"{key}[{i}]") for i, item in enumerate(node)]
     if isinstance(node, dict):
-        return {k: _expand_tree(v, source, f"{key}.{k}" if key else str(k)) for k, v in node.items()}
+        return {
+            k: _expand_tree(v, source, f"{key}.{k}" if key else str(k)) for k, v in node.items()
+        }
     return node
 
 

@@ -38,13 +38,13 @@ async def close_legacy_socket(
     try:
         await asyncio.wait_for(ws.close(code=code, message=close_reason_bytes(reason)), timeout)
     except (TimeoutError, ConnectionError, RuntimeError):
-        transport = ws._req.transport if ws._req is not None else None  # noqa: SLF001
+        transport = ws._req.transport if ws._req is not None else None
         if transport is not None:
             transport.abort()
 
 
 def _linger_zero(ws: web.WebSocketResponse) -> None:
-    req = ws._req  # noqa: SLF001 - aiohttp keeps the request (and its transport) here
+    req = ws._req
     transport = req.transport if req is not None else None
     sock = transport.get_extra_info("socket") if transport is not None else None
     if sock is None:

@@ -34,7 +34,12 @@ from ..metrics import ProxyMetrics
 from ..wire.adapt import SpecAdapter
 from ..wire.errors import WireError
 from ..wire.json_framing import decode_json_frame, encode_json_frame
-from ..wire.message import KernelMessage, client_message_to_kernel, legacy_text, parse_client_message
+from ..wire.message import (
+    KernelMessage,
+    client_message_to_kernel,
+    legacy_text,
+    parse_client_message,
+)
 from ..wire.v1 import decode_v1, encode_v1
 from .closing import close_legacy_socket
 from .upstream import (
@@ -155,7 +160,7 @@ class LegacySession:
         self._task = asyncio.create_task(self._run_upstream(), name=f"upstream {self.key}")
 
     def attach(self, channel: str, ws: web.WebSocketResponse, target: UpstreamTarget) -> None:
-        """A legacy socket introduced itself; a second one for the same channel replaces the first."""
+        """A legacy socket introduced itself; a newer socket for a channel replaces the older."""
         outlet = self.outlets[channel]
         old = outlet.ws
         outlet.ws = ws
@@ -168,9 +173,7 @@ class LegacySession:
             log.info("session resumed kernel=%s session=%s", self.kernel_id, self.session_id)
         if old is not None and old is not ws:
             self._metrics.legacy_sockets.labels(channel).dec()
-            self._spawn(
-                close_legacy_socket(old, 1000, "replaced by a newer connection", "clean")
-            )
+            self._spawn(close_legacy_socket(old, 1000, "replaced by a newer connection", "clean"))
         if outlet.held and not outlet.flushing:
             self._spawn(self._flush(outlet))
 
@@ -374,7 +377,9 @@ class LegacySession:
                         self.session_id,
                         exc.reason,
                     )
-                    code = CLOSE_UPSTREAM_REFUSED if exc.status in (401, 403) else CLOSE_UPSTREAM_ERROR
+                    code = (
+                        CLOSE_UPSTREAM_REFUSED if exc.status in (401, 403) else CLOSE_UPSTREAM_ERROR
+                    )
                     self._metrics.upstream_reconnects.labels("refused").inc()
                     await self.close(code, exc.reason, why="upstream_refused")
                     return
@@ -399,7 +404,7 @@ class LegacySession:
                         return
                     delay = self.settings.backoff(attempt)
                     log.warning(
-                        "upstream connect failed kernel=%s session=%s attempt=%d retry_in=%.2fs: %s",
+                        "upstream connect failed kernel=%s session=%s attempt=%d retry=%.2fs: %s",
                         self.kernel_id,
                         self.session_id,
                         attempt,

@@ -60,11 +60,15 @@ async def open_upstream(
         )
     except aiohttp.WSServerHandshakeError as exc:
         if exc.status in (401, 403):
-            raise UpstreamRefused(exc.status, f"upstream refused credentials ({exc.status})") from None
+            raise UpstreamRefused(
+                exc.status, f"upstream refused credentials ({exc.status})"
+            ) from None
         if exc.status == 404:
             raise UpstreamRefused(404, "kernel not found upstream (404)") from None
         if 400 <= exc.status < 500:
-            raise UpstreamRefused(exc.status, f"upstream refused the websocket ({exc.status})") from None
+            raise UpstreamRefused(
+                exc.status, f"upstream refused the websocket ({exc.status})"
+            ) from None
         raise UpstreamUnavailable(f"upstream answered {exc.status}") from None
     except TimeoutError:
         raise UpstreamUnavailable("upstream connect timed out") from None

@@ -127,16 +127,15 @@ async def test_interrupt_and_restart_over_rest(proxy, jupyter, kernel_id):
         )
         await kc.wait_for(
             "iopub",
-            lambda m: m["parent_header"].get("msg_id") == msg_id
-            and m["header"]["msg_type"] == "pyin",
+            lambda m: (
+                m["parent_header"].get("msg_id") == msg_id and m["header"]["msg_type"] == "pyin"
+            ),
         )
         async with aiohttp.ClientSession() as http:
             url = f"{proxy.url}/api/kernels/{kernel_id}/interrupt"
             async with http.post(url, headers=jupyter.auth_headers) as resp:
                 assert resp.status == 204
-            reply = await kc.wait_for(
-                "shell", lambda m: m["parent_header"].get("msg_id") == msg_id
-            )
+            reply = await kc.wait_for("shell", lambda m: m["parent_header"].get("msg_id") == msg_id)
             assert reply["content"]["status"] == "error"
             assert reply["content"]["ename"] == "KeyboardInterrupt"
             url = f"{proxy.url}/api/kernels/{kernel_id}/restart"
@@ -151,8 +150,10 @@ async def test_restarting_status_after_kernel_dies(proxy, jupyter, kernel_id):
         await kc.send_shell("execute_request", {"code": "import os; os._exit(1)", "silent": False})
         status = await kc.wait_for(
             "iopub",
-            lambda m: m["header"]["msg_type"] == "status"
-            and m["content"]["execution_state"] == "restarting",
+            lambda m: (
+                m["header"]["msg_type"] == "status"
+                and m["content"]["execution_state"] == "restarting"
+            ),
             timeout=30,
         )
         assert status["content"]["execution_state"] == "restarting"

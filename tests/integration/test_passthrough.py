@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import json
 import os
+import ssl
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -720,3 +721,47 @@ async def test_shutdown_closes_relays_upstream_first(
         assert upstream_app[LAST_CLOSE] == [(1001, "proxy shutting down")]
     finally:
         await runner.cleanup()
+
+
+@pytest.fixture
+async def tls_upstream(tmp_path: Path) -> AsyncIterator[tuple[str, Path]]:
+    """An HTTPS upstream on loopback with a self-signed certificate for 127.0.0.1."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    openssl = await asyncio.create_subprocess_exec(
+        "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+        "-keyout", str(key), "-out", str(cert),
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    assert await openssl.wait() == 0
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    runner = web.AppRunner(echo_app(), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=context)
+    await site.start()
+    yield f"https://127.0.0.1:{runner.addresses[0][1]}", cert
+    await runner.cleanup()
+
+
+async def test_https_upstream_tls_settings(
+    tls_upstream: tuple[str, Path], start_proxy: StartProxy, http: aiohttp.ClientSession
+) -> None:
+    upstream, cert = tls_upstream
+    base = await start_proxy(
+        {"prefix": "/trusted/", "upstream": upstream, "tls": {"ca_bundle": str(cert)}},
+        {"prefix": "/unverified/", "upstream": upstream, "tls": {"verify": False}},
+        {"prefix": "/strict/", "upstream": upstream},
+        {"prefix": "/missing/", "upstream": upstream, "tls": {"ca_bundle": "/nonexistent.pem"}},
+    )
+    for prefix, status in (
+        ("trusted", 418),
+        ("unverified", 418),
+        ("strict", 502),
+        ("missing", 502),
+    ):
+        async with http.get(f"{base}/{prefix}/teapot") as resp:
+            assert resp.status == status, prefix
+    async with http.ws_connect(f"{base}/trusted/ws") as ws:
+        await ws.send_str("over tls")
+        assert (await ws.receive(timeout=30)).data == "over tls"

@@ -16,10 +16,6 @@ from tests.support.servers import JupyterServer, ProxyProcess, proxy_config
 # The pure rule
 
 
-def client_headers(**headers: str) -> CIMultiDict[str]:
-    return CIMultiDict({name.replace("_", "-"): value for name, value in headers.items()})
-
-
 SAME = {"Host": "notebook.test:8890", "Origin": "http://notebook.test:8890"}
 
 

@@ -118,8 +118,12 @@ class LegacyKernelClient:
                 async with self._new:
                     self.received[channel].append(parsed)
                     self._new.notify_all()
-            elif msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING,
-                              aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
+            elif msg.type in (
+                aiohttp.WSMsgType.CLOSE,
+                aiohttp.WSMsgType.CLOSING,
+                aiohttp.WSMsgType.CLOSED,
+                aiohttp.WSMsgType.ERROR,
+            ):
                 code = ws.close_code if msg.type is not aiohttp.WSMsgType.CLOSE else msg.data
                 reason = msg.extra if msg.type is aiohttp.WSMsgType.CLOSE else ""
                 async with self._new:
@@ -231,9 +235,11 @@ class LegacyKernelClient:
         result.reply = await self.wait_for("shell", is_child, max(deadline - time.monotonic(), 0.1))
         await self.wait_for(
             "iopub",
-            lambda m: is_child(m)
-            and m["header"]["msg_type"] == "status"
-            and m["content"].get("execution_state") == "idle",
+            lambda m: (
+                is_child(m)
+                and m["header"]["msg_type"] == "status"
+                and m["content"].get("execution_state") == "idle"
+            ),
             max(deadline - time.monotonic(), 0.1),
         )
         result.iopub = [m for m in self.received["iopub"] if is_child(m)]

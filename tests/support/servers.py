@@ -152,7 +152,9 @@ async def _maybe_session(session: aiohttp.ClientSession | None):  # type: ignore
         yield own
 
 
-def start_jupyter_server(extra_args: tuple[str, ...] = (), port: int | None = None) -> JupyterServer:
+def start_jupyter_server(
+    extra_args: tuple[str, ...] = (), port: int | None = None
+) -> JupyterServer:
     base = Path(tempfile.mkdtemp(prefix="cp-jupyter-"))
     server = JupyterServer(port or free_port(), secrets.token_hex(16), base, extra_args)
     return server.start()
