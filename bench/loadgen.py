@@ -155,9 +155,9 @@ class KernelClient:
     async def close(self) -> None:
         for task in self._pumps:
             task.cancel()
-        for task in self._pumps:
-            with contextlib.suppress(BaseException):
-                await task
+        if self._pumps:
+            # asyncio.wait, unlike awaiting each task, lets our own cancellation through.
+            await asyncio.wait(self._pumps)
 
 
 class ChannelsClient(KernelClient):

@@ -412,8 +412,7 @@ class StubServer:
         finally:
             if task is not None:
                 task.cancel()
-                with contextlib.suppress(BaseException):
-                    await task
+                await asyncio.wait([task])
             if self._by_key.get(key) is ws:
                 del self._by_key[key]
             self.kernels[kernel_id] -= 1

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.exposition import choose_encoder
 from yarl import URL
 
 from . import __version__
@@ -72,9 +72,10 @@ class AdminHandlers:
         return web.json_response(body)
 
     async def metrics(self, request: web.Request) -> web.Response:
-        """Prometheus text exposition of the proxy's own registry."""
-        payload = generate_latest(self.server.metrics.registry)
-        return web.Response(body=payload, headers={"Content-Type": CONTENT_TYPE_LATEST})
+        """The proxy's own registry in the format the scraper asks for (text or OpenMetrics)."""
+        encode, content_type = choose_encoder(request.headers.get("Accept", ""))
+        payload = encode(self.server.metrics.registry)
+        return web.Response(body=payload, headers={"Content-Type": content_type})
 
     async def status_json(self, request: web.Request) -> web.Response:
         """Routes and live legacy sessions as JSON."""

@@ -14,7 +14,7 @@ from .config import ConfigError, ProxyConfig, load_config
 from .legacy.handler import handle_legacy_socket
 from .legacy.registry import SessionRegistry
 from .metrics import ProxyMetrics
-from .passthrough import Passthrough, make_upstream_client
+from .passthrough import Passthrough, is_websocket_upgrade, make_upstream_client
 from .routing import RouteTable
 
 log = logging.getLogger("proxy.app")
@@ -108,7 +108,7 @@ class ProxyServer:
         if resolved is None:
             return web.json_response({"error": "no route", "path": request.path}, status=404)
         target = resolved.legacy_target()
-        if target is not None and _is_websocket_upgrade(request):
+        if target is not None and is_websocket_upgrade(request):
             return await handle_legacy_socket(self, request, resolved, target)
         assert self.passthrough is not None
         return await self.passthrough.handle(request, resolved)
@@ -188,10 +188,6 @@ class ProxyServer:
         await self.registry.shutdown()
         if self.passthrough is not None:
             await self.passthrough.shutdown()
-
-
-def _is_websocket_upgrade(request: web.Request) -> bool:
-    return request.method == "GET" and "websocket" in request.headers.get("Upgrade", "").lower()
 
 
 def _site_url(site: web.TCPSite, scheme: str) -> str:

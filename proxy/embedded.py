@@ -14,6 +14,7 @@ import collections
 import contextlib
 import ctypes
 import importlib.util
+import ipaddress
 import logging
 import os
 import secrets
@@ -27,6 +28,8 @@ import threading
 import time
 
 import aiohttp
+
+from .config import ProxyConfig
 
 log = logging.getLogger("proxy.embedded")
 
@@ -63,6 +66,15 @@ class EmbeddedJupyter:
         self._workdir: str | None = None
         self._output_tail: collections.deque[str] = collections.deque(maxlen=_TAIL_LINES)
         self._reader: threading.Thread | None = None
+
+    @classmethod
+    def for_config(cls, config: ProxyConfig) -> EmbeddedJupyter:
+        """The embedded server a config asks for, served under its route's prefix."""
+        prefixes = [route.prefix for route in config.routes if route.upstream == "embedded"]
+        # Under its own prefix the server's pages link to the right place; one server shared
+        # by several prefixes can only be right for one of them, so it keeps "/".
+        base_url = prefixes[0] if len(prefixes) == 1 else "/"
+        return cls(base_url=base_url, allow_remote_access=not _is_loopback(config.listen.host))
 
     @property
     def url(self) -> str:
@@ -240,6 +252,15 @@ class _ExitedEarly(Exception):
     def __init__(self, code: int) -> None:
         super().__init__(code)
         self.code = code
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def _free_loopback_port() -> int:

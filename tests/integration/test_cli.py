@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import signal
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from proxy.logs import log_event, setup_logging
 from tests.support.servers import REPO, JupyterServer, free_port
 
 PROG_ERROR = "channels-proxy: error: "
@@ -103,6 +105,46 @@ def get(url: str, token: str | None = None) -> tuple[int, bytes]:
     request = urllib.request.Request(url, headers=headers)
     with urllib.request.urlopen(request, timeout=10) as response:
         return response.status, response.read()
+
+
+# Log formats
+
+
+@pytest.fixture
+def restore_root_logger() -> Iterator[None]:
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+@pytest.mark.usefixtures("restore_root_logger")
+def test_log_event_fields_in_text(capsys: pytest.CaptureFixture[str]) -> None:
+    setup_logging("info", "text")
+    log = logging.getLogger("proxy.legacy")
+    log_event(log, "info", "session close", kernel="k-1", reason="client gone", sent=3)
+    log_event(log, "debug", "not shown at info")
+    line = capsys.readouterr().err
+    assert re.fullmatch(
+        r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d INFO proxy\.legacy: session close "
+        r'kernel=k-1 reason="client gone" sent=3\n',
+        line,
+    )
+
+
+@pytest.mark.usefixtures("restore_root_logger")
+def test_log_event_fields_in_json(capsys: pytest.CaptureFixture[str]) -> None:
+    setup_logging("debug", "json")
+    log = logging.getLogger("proxy.legacy")
+    log_event(log, "warning", "session open", kernel="k-1", channels=["shell", "iopub"])
+    log.info("plain %s", "message", extra={"session": "S1"})
+    first, second = (json.loads(line) for line in capsys.readouterr().err.splitlines())
+    assert first["level"] == "warning" and first["logger"] == "proxy.legacy"
+    assert first["msg"] == "session open"
+    assert (first["kernel"], first["channels"]) == ("k-1", ["shell", "iopub"])
+    assert (second["msg"], second["session"]) == ("plain message", "S1")
+    assert "T" in first["ts"]
 
 
 # --help and --check

@@ -314,6 +314,36 @@ async def test_headers_hop_by_hop_forwarded_and_host(
     assert got["x-forwarded-host"] == proxy_host
 
 
+async def test_no_request_headers_are_invented(
+    echo_upstream: tuple[str, web.Application], start_proxy: StartProxy
+) -> None:
+    upstream, _ = echo_upstream
+    base = await start_proxy({"prefix": "/", "upstream": upstream})
+    host_port = base.removeprefix("http://")
+    reader, writer = await asyncio.open_connection(*host_port.split(":"))
+    body = b'{"a": 1}'
+    writer.write(
+        f"POST /echo HTTP/1.1\r\nHost: {host_port}\r\nContent-Length: {len(body)}\r\n"
+        "Connection: close\r\n\r\n".encode()
+        + body
+    )
+    await writer.drain()
+    raw = await asyncio.wait_for(reader.read(), 30)
+    writer.close()
+    head, _, payload = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200")
+    report = json.loads(payload)
+    names = sorted(name.lower() for name, _ in report["headers"])
+    assert names == [
+        "content-length",
+        "host",
+        "x-forwarded-for",
+        "x-forwarded-host",
+        "x-forwarded-proto",
+    ]
+    assert report["body_len"] == len(body)
+
+
 async def test_status_cookies_and_redirects_pass_unchanged(
     echo_upstream: tuple[str, web.Application],
     start_proxy: StartProxy,

@@ -166,9 +166,7 @@ def _certificate(
                 decipher_only=False,
             ),
             critical=True,
-        ).add_extension(
-            x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False
-        )
+        ).add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
     else:
         builder = builder.add_extension(
             x509.SubjectAlternativeName(
@@ -238,9 +236,7 @@ def wait_for_log(proxy: ProxyProcess, pattern: str, count: int = 1, timeout: flo
     raise AssertionError(f"log never matched {pattern!r} {count}x:\n{proxy.log_text()[-4000:]}")
 
 
-async def get_json(
-    http: aiohttp.ClientSession, url: str, **kw: Any
-) -> tuple[int, dict[str, Any]]:
+async def get_json(http: aiohttp.ClientSession, url: str, **kw: Any) -> tuple[int, dict[str, Any]]:
     async with http.get(url, **kw) as response:
         return response.status, json.loads(await response.text())
 
@@ -275,11 +271,11 @@ def nginx_site_config(listen_port: int, proxy_ports: list[int]) -> str:
 class Nginx:
     """Debian's nginx in the foreground with a private prefix, pid file and logs."""
 
-    def __init__(self, prefix: Path, site_config: str) -> None:
+    def __init__(self, prefix: Path, proxy_ports: list[int]) -> None:
         self.prefix = prefix
-        self.site_config = site_config
+        self.port = free_port()
+        self.site_config = nginx_site_config(self.port, proxy_ports)
         self.proc: subprocess.Popen[bytes] | None = None
-        self.port = 0
 
     def write(self) -> Path:
         (self.prefix / "logs").mkdir(parents=True, exist_ok=True)
@@ -314,8 +310,7 @@ http {{
             timeout=30,
         )
 
-    def start(self, port: int) -> Nginx:
-        self.port = port
+    def start(self) -> Nginx:
         main = self.write()
         log = (self.prefix / "logs" / "stderr.log").open("ab")
         self.proc = subprocess.Popen(
@@ -324,7 +319,7 @@ http {{
             stderr=subprocess.STDOUT,
         )
         log.close()
-        wait_for_port(port, 30, self.proc)
+        wait_for_port(self.port, 30, self.proc)
         return self
 
     def stop(self) -> None:
