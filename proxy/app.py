@@ -62,7 +62,11 @@ class ProxyServer:
         self._runners.append(runner)
         listen = self.config.listen
         site = web.TCPSite(
-            runner, listen.host, listen.port, ssl_context=_listen_ssl(self.config), backlog=1024
+            runner,
+            listen.host,
+            listen.port,
+            ssl_context=_listen_ssl(self.config, self.config_path),
+            backlog=1024,
         )
         await site.start()
         self.public_url = _site_url(site, "https" if listen.tls else "http")
@@ -87,7 +91,7 @@ class ProxyServer:
             return
         from .embedded import EmbeddedJupyter
 
-        server = EmbeddedJupyter()
+        server = EmbeddedJupyter.for_config(self.config)
         await server.start()
         for route in self.config.routes:
             if route.upstream == "embedded":
@@ -199,7 +203,7 @@ def _site_url(site: web.TCPSite, scheme: str) -> str:
     return f"{scheme}://{host}:{port}"
 
 
-def _listen_ssl(config: ProxyConfig) -> ssl.SSLContext | None:
+def _listen_ssl(config: ProxyConfig, source: str | None) -> ssl.SSLContext | None:
     tls = config.listen.tls
     if tls is None:
         return None
@@ -207,7 +211,9 @@ def _listen_ssl(config: ProxyConfig) -> ssl.SSLContext | None:
     try:
         context.load_cert_chain(tls.cert, tls.key)
     except (OSError, ssl.SSLError) as exc:
-        raise ConfigError("config", "listen.tls", f"cannot load certificate/key: {exc}") from None
+        raise ConfigError(
+            source or "<config>", "listen.tls", f"cannot load certificate/key: {exc}"
+        ) from None
     return context
 
 

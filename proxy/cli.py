@@ -236,6 +236,13 @@ def _listener_error(exc: OSError, config: ProxyConfig, source: str) -> ConfigErr
     return ConfigError(source, "listen", f"cannot bind: {exc.strerror or exc}")
 
 
+def _embedded_key(config: ProxyConfig) -> str:
+    for index, route in enumerate(config.routes):
+        if route.upstream == "embedded":
+            return f"routes[{index}].upstream"
+    return "routes"
+
+
 def _event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     try:
         import uvloop
@@ -279,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         return _fail(str(exc))
     except EmbeddedServerError as exc:
-        return _fail(f"{source}: routes: embedded upstream: {exc}")
+        return _fail(f"{source}: {_embedded_key(config)}: {exc}")
     except OSError as exc:
         error = _listener_error(exc, config, source)
         if error is None:

@@ -90,7 +90,7 @@ class EmbeddedJupyter:
         missing = [name for name in REQUIRED_PACKAGES if importlib.util.find_spec(name) is None]
         if missing:
             raise EmbeddedServerError(
-                f"the embedded upstream needs {' and '.join(missing)} installed in "
+                f"'embedded' needs {' and '.join(missing)} installed in "
                 f"{sys.executable} (pip install jupyter_server ipykernel), "
                 "or give the route a real upstream URL"
             )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 from yarl import URL
 
@@ -89,6 +89,10 @@ class RouteTable:
         return self._bases[route.prefix]
 
     def match(self, raw_path: str) -> ResolvedRoute | None:
+        """The route for a raw request path; None when no prefix matches or the path has dot
+        segments (an upstream that resolves `..` would serve paths outside the route's base)."""
+        if _has_dot_segment(raw_path):
+            return None
         for route in self._routes:
             prefix = route.prefix
             if raw_path.startswith(prefix):
@@ -101,6 +105,12 @@ class RouteTable:
                 continue  # prefix "/api" must not match "/apiary"
             return ResolvedRoute(route, self._bases[prefix], rest.lstrip("/"))
         return None
+
+
+def _has_dot_segment(raw_path: str) -> bool:
+    if "." not in raw_path and "%2e" not in raw_path.lower():
+        return False
+    return any(part in (".", "..") for part in re.split(r"[/\\]", unquote(raw_path)))
 
 
 def upstream_host(url: URL) -> str:

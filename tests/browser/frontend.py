@@ -6,6 +6,8 @@ import json
 import os
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -14,7 +16,7 @@ from playwright.sync_api import Error as PlaywrightError
 from playwright.sync_api import Page, Response
 from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
-from .servers import FixtureError, JupyterServer, ProxyProcess, tail
+from tests.support.servers import JupyterServer, ProxyProcess
 
 IPYTHON_VERSION = "2.4.1"
 HARNESS_DIR = Path(__file__).parent / "harness"
@@ -30,7 +32,9 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 
-# --- the frontend under test -------------------------------------------------------------
+
+class FrontendUnavailable(RuntimeError):
+    """The IPython wheel or the browser could not be had; says how to get it."""
 
 
 def ipython_wheel_cache() -> Path:
@@ -49,15 +53,14 @@ def fetch_ipython_static(dest: Path) -> Path:
         done = subprocess.run(command, capture_output=True, text=True, timeout=300)
         wheels = sorted(cache.glob(f"ipython-{IPYTHON_VERSION}-*.whl"))
         if done.returncode != 0 or not wheels:
-            raise FixtureError(f"pip download ipython=={IPYTHON_VERSION} failed:\n{done.stderr}")
+            raise FrontendUnavailable(
+                f"pip download ipython=={IPYTHON_VERSION} failed:\n{done.stderr}"
+            )
     prefix = "IPython/html/static/"
     with zipfile.ZipFile(wheels[0]) as wheel:
         members = [name for name in wheel.namelist() if name.startswith(prefix)]
         wheel.extractall(dest, members)
     return dest / prefix
-
-
-# --- the browser --------------------------------------------------------------------------
 
 
 class HarnessPage:
@@ -117,8 +120,17 @@ class HarnessPage:
     def record(self, msg_id: str) -> dict[str, Any]:
         return dict(self.evaluate("id => results.requests[id]", msg_id))
 
-    def started_count(self) -> int:
-        return int(self.evaluate("harness.started_count()"))
+    def delete_kernel(self, kernel_id: str) -> None:
+        """Shut the kernel down on jupyter_server directly (the test is over)."""
+        request = urllib.request.Request(
+            f"{self.jupyter.url}/api/kernels/{kernel_id}",
+            method="DELETE",
+            headers=self.jupyter.auth_headers,
+        )
+        try:
+            urllib.request.urlopen(request, timeout=10).close()
+        except (urllib.error.URLError, OSError):
+            pass  # already gone
 
     def diagnostics(self) -> str:
         try:
@@ -138,6 +150,6 @@ class HarnessPage:
                 "--- HTTP errors:",
                 *self.http_errors[-20:],
                 "--- proxy log:",
-                tail(self.proxy.log, 40),
+                *self.proxy.log_text().splitlines()[-40:],
             ]
         )

@@ -8,13 +8,15 @@ proxy the other tests share (the `harness` fixture starts it again if needed).
 from __future__ import annotations
 
 import json
+import signal
 import urllib.request
 from typing import Any
 
 import pytest
 
+from tests.support.servers import JupyterServer
+
 from .frontend import HarnessPage
-from .servers import JupyterServer
 
 pytestmark = pytest.mark.browser
 
@@ -30,9 +32,7 @@ def stdout_of(record: dict[str, Any]) -> str:
 
 
 def kernel_ids(jupyter: JupyterServer) -> list[str]:
-    request = urllib.request.Request(
-        f"{jupyter.url}/api/kernels", headers={"Authorization": f"token {jupyter.token}"}
-    )
+    request = urllib.request.Request(f"{jupyter.url}/api/kernels", headers=jupyter.auth_headers)
     with urllib.request.urlopen(request, timeout=10) as response:
         return [kernel["id"] for kernel in json.load(response)]
 
@@ -145,7 +145,7 @@ def test_graceful_proxy_restart_delivers_every_line_once(harness: HarnessPage) -
         "id => harness.stream_text(id).split('\\n').length > 100", "first numbered lines", msg_id
     )
 
-    exit_code = harness.proxy.terminate()
+    exit_code = harness.proxy.stop(signal.SIGTERM)
     assert exit_code == 0, f"proxy exited with {exit_code} on SIGTERM"
     harness.wait_for("() => results.sockets.every(s => s.close !== null)", "close events")
     first_sockets = harness.evaluate("results.sockets")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import sys
@@ -13,7 +14,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.integration.test_cli import RunningProxy
+from tests.integration.test_cli import RunningProxy, run_cli
 from tests.support.servers import REPO, free_port
 
 BANNER = r"open (http://127\.0\.0\.1:(\d+)/)\?token=([0-9a-f]{32,}) \(embedded jupyter_server"
@@ -112,3 +113,27 @@ def test_killed_proxy_leaves_no_jupyter_server_behind(workdir: Path) -> None:
         proxy.stop(signal.SIGKILL)
     _gone, alive = psutil.wait_procs(started, timeout=30)
     assert alive == [], [p.cmdline() for p in alive]
+
+
+def test_jupyter_server_that_cannot_start_is_a_clear_error(workdir: Path) -> None:
+    # Stands in for a broken install: a `jupyter_server` that dies on start, found first.
+    shadow = workdir / "shadow" / "jupyter_server"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("")
+    (shadow / "__main__.py").write_text(
+        "import sys\nprint('ImportError: libzmq.so.5 not found', flush=True)\nsys.exit(3)\n"
+    )
+    result = run_cli(
+        "--port",
+        "0",
+        "--admin-port",
+        "0",
+        cwd=workdir,
+        env={"PYTHONPATH": f"{shadow.parent}{os.pathsep}{REPO}"},
+    )
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stderr.splitlines()[-1] == (
+        "channels-proxy: error: config/proxy.yaml: routes[0].upstream: jupyter_server exited "
+        "with code 3 while starting: ImportError: libzmq.so.5 not found"
+    )

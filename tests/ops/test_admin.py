@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import aiohttp
+from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
-from proxy.admin import render_status_page
+from proxy.admin import admin_app, render_status_page
+from proxy.app import ProxyServer
+from proxy.config import config_from_dict
 from tests.ops.support import get_json, wait_until
 from tests.support.legacy_client import LegacyKernelClient
 from tests.support.servers import free_port, proxy_config
@@ -126,3 +129,28 @@ def test_status_page_escapes_everything():
     )
     assert "<script>" not in page and "<b>" not in page
     assert "&lt;script&gt;" in page and "a&amp;b" in page
+
+
+async def test_readyz_is_503_while_not_accepting_and_metrics_negotiate(echo_factory):
+    echo = echo_factory("echo")
+    server = ProxyServer(config_from_dict({"routes": [{"prefix": "/", "upstream": echo.url}]}))
+    runner = web.AppRunner(admin_app(server), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    base = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    try:
+        async with aiohttp.ClientSession() as http:
+            server.accepting = False  # as during shutdown
+            status, body = await get_json(http, f"{base}/readyz")
+            assert (status, body["reason"]) == (503, "shutting down")
+            server.accepting = True
+            status, body = await get_json(http, f"{base}/readyz")
+            assert status == 200 and body["routes"][0]["status"] == 200
+
+            accept = {"Accept": "application/openmetrics-text; version=1.0.0"}
+            async with http.get(f"{base}/metrics", headers=accept) as response:
+                assert response.content_type == "application/openmetrics-text"
+                assert (await response.text()).rstrip().endswith("# EOF")
+    finally:
+        await runner.cleanup()
