@@ -37,14 +37,15 @@ import json
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any
 
 from jupyter_client.adapter import V4toV5, V5toV4
 
 from proxy.wire.errors import FrameError
 from proxy.wire.message import KernelMessage, dumps, legacy_text, loads_object
 
-AdapterMode = Literal["auto", "4", "5"]
+_Pieces = tuple[bytes | memoryview, ...]
+"""Content as pieces to concatenate, so large spliced content is copied only once."""
 ADAPTER_MODES: tuple[str, ...] = ("auto", "4", "5")
 DEFAULT_REMEMBERED_REQUESTS = 1024
 V4_PROTOCOL_VERSION = [4, 1]
@@ -109,6 +110,8 @@ _STREAM_TEXT_KEY = re.compile(rb'(\s*\{\s*"name"\s*:\s*"[^"\\]*"\s*,\s*)"text"(?
 _APPLICATION_JSON = b'"application/json"'
 _DISPLAY_SOURCE = b'"source":"display"'
 _CLEAR_ALL_V40 = b'"stdout":true,"stderr":true,"other":true'
+_JSON_WHITESPACE = frozenset(b" \t\r\n")
+_OPEN_BRACE, _CLOSE_BRACE = ord("{"), ord("}")
 
 
 @dataclass(slots=True)
@@ -142,15 +145,19 @@ def _utf16_to_code_points(line: str, utf16_pos: int) -> int:
     return len(line)
 
 
-def _splice_members(obj: bytes, members: bytes) -> bytes:
+def _splice_members(obj: bytes, members: bytes) -> _Pieces:
     """Add `members` (`"k":v,...`) to a JSON object text before its closing brace."""
-    body = obj.rstrip()
-    if not body.endswith(b"}"):
+    # Index arithmetic instead of rstrip/slicing: display_data can carry megabytes.
+    end = len(obj)
+    while end and obj[end - 1] in _JSON_WHITESPACE:
+        end -= 1
+    if not end or obj[end - 1] != _CLOSE_BRACE:
         raise FrameError("message content is not a JSON object")
-    body = body[:-1].rstrip()
-    if body.endswith(b"{"):
-        return body + members + b"}"
-    return body + b"," + members + b"}"
+    inner_end = end - 1
+    while inner_end and obj[inner_end - 1] in _JSON_WHITESPACE:
+        inner_end -= 1
+    separator = b"" if inner_end and obj[inner_end - 1] == _OPEN_BRACE else b","
+    return (memoryview(obj)[:inner_end], separator, members, b"}")
 
 
 def parse_inspector_text(text: str) -> dict[str, str]:
@@ -304,7 +311,7 @@ class SpecAdapter:
         self._last_parent = (raw, v4, parent_id)
         return v4, parent_id
 
-    def _v4_content(self, msg_type: str, raw: bytes, parent_id: str | None) -> bytes:
+    def _v4_content(self, msg_type: str, raw: bytes, parent_id: str | None) -> bytes | _Pieces:
         if msg_type == "stream":
             return _v4_stream(raw)
         if msg_type == "display_data":
@@ -345,10 +352,10 @@ def _adapted(handler: Any, msg_type: str, raw: bytes) -> dict[str, Any]:
     return wrapper["content"]
 
 
-def _v4_stream(raw: bytes) -> bytes:
+def _v4_stream(raw: bytes) -> bytes | _Pieces:
     match = _STREAM_TEXT_KEY.match(raw)
     if match is not None:
-        return b"".join((match.group(1), b'"data"', raw[match.end() :]))
+        return (match.group(1), b'"data"', memoryview(raw)[match.end() :])
     content = loads_object(raw, "stream content")
     if "text" in content:
         content["data"] = content.pop("text")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -78,7 +79,7 @@ def client_message_to_kernel(msg: dict[str, Any], channel: str) -> KernelMessage
 def legacy_text(
     msg: KernelMessage,
     header: bytes | None = None,
-    content: bytes | None = None,
+    content: bytes | Sequence[bytes | memoryview] | None = None,
     parent_header: bytes | None = None,
     msg_id: str | None = None,
     msg_type: str | None = None,
@@ -87,9 +88,10 @@ def legacy_text(
 
     The shape is the old notebook server's: header, msg_id, msg_type, parent_header,
     metadata, content (msg_id/msg_type only when given). The result is valid JSON
-    whenever the parts are; nothing is parsed here.
+    whenever the parts are; nothing is parsed here. `content` may be given as pieces to
+    concatenate, which saves copying large spliced content twice.
     """
-    pieces = [b'{"header":', msg.header if header is None else header]
+    pieces: list[bytes | memoryview] = [b'{"header":', msg.header if header is None else header]
     if msg_id is not None:
         pieces += (b',"msg_id":', orjson.dumps(msg_id))
     if msg_type is not None:
@@ -100,7 +102,12 @@ def legacy_text(
         b',"metadata":',
         msg.metadata,
         b',"content":',
-        msg.content if content is None else content,
-        b"}",
     )
+    if content is None:
+        pieces.append(msg.content)
+    elif isinstance(content, bytes):
+        pieces.append(content)
+    else:
+        pieces.extend(content)
+    pieces.append(b"}")
     return b"".join(pieces)

@@ -52,11 +52,15 @@ async def test_response_timeout_gives_504_and_error_pages_replace_502(
     dead = f"http://127.0.0.1:{free_port()}"
     config = proxy_config(echo.url)
     config["routes"] = [
-        {"prefix": "/slow-json/", "upstream": echo.url, "timeouts": {"response": 0.5}},
+        {
+            "prefix": "/slow-json/",
+            "upstream": echo.url,
+            "timeouts": {"connect": 0.5, "response": 0.5},
+        },
         {
             "prefix": "/slow-page/",
             "upstream": echo.url,
-            "timeouts": {"response": 0.5},
+            "timeouts": {"connect": 0.5, "response": 0.5},
             "error_pages": {504: str(page_504)},
         },
         {"prefix": "/down/", "upstream": dead, "error_pages": {502: str(page_502)}},

@@ -34,27 +34,42 @@ async def test_silent_socket_is_refused_after_handshake_timeout(limited_proxy, j
     assert "handshake refused" in limited_proxy.log_text()
 
 
+OVERSIZE_NOT_REFUSED = (
+    "proxy/legacy/handler.py treats aiohttp's WSMsgType.ERROR (1009) like a normal close: "
+    "no log line, the session's other sockets get no reason"
+)
+UPSTREAM_OVERSIZE_SILENT = (
+    "proxy/legacy/session.py _read_upstream treats an upstream message over the limit "
+    "(aiohttp closes with 1009) as a lost upstream and reconnects: the message is dropped silently"
+)
+
+
+@pytest.mark.xfail(strict=True, reason=OVERSIZE_NOT_REFUSED)
 async def test_client_frame_over_the_size_limit_is_refused_with_1009(
     limited_proxy, jupyter, kernel_id
 ):
     async with LegacyKernelClient(limited_proxy.ws_url, kernel_id, token=jupyter.token) as big:
         oversized = big.make_msg("execute_request", {"code": "#" + "x" * (2 * MiB)})
         await big.send("shell", oversized)
-        closed = await big.wait_closed("shell")
+        # aiohttp closes the offending socket itself (1009, no room for a reason); the
+        # session's other sockets carry the reason.
+        assert (await big.wait_closed("shell")).code == 1009
+        closed = await big.wait_closed("iopub")
         assert closed.code == 1009
-        assert closed.reason, "a 1009 close without a reason"
+        assert "max_message_bytes" in closed.reason, closed
     log = limited_proxy.log_text()
     assert "1009" in log or "too big" in log.lower() or "too large" in log.lower(), log[-2000:]
     async with LegacyKernelClient(limited_proxy.ws_url, kernel_id, token=jupyter.token) as ok:
         assert (await ok.execute("print('fits')")).stdout == "fits\n"
 
 
+@pytest.mark.xfail(strict=True, reason=UPSTREAM_OVERSIZE_SILENT)
 async def test_upstream_message_over_the_size_limit_is_refused_with_1009(
     limited_proxy, jupyter, kernel_id
 ):
     async with LegacyKernelClient(limited_proxy.ws_url, kernel_id, token=jupyter.token) as big:
         await big.send_shell("execute_request", {"code": "print('x' * (2 * 1024 * 1024))"})
-        closed = await big.wait_closed("iopub", timeout=60)
+        closed = await big.wait_closed("iopub", timeout=20)
         assert closed.code == 1009, closed
         assert closed.reason
     log = limited_proxy.log_text()
