@@ -28,8 +28,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("proxy.admin")
 
 # An upstream that cannot answer an HTTP request this fast is not one to send clients to;
-# kubelet's default probe timeout is 1 s, so one probe must finish well within a few.
-READINESS_TIMEOUT = 2.0
 STATUS_REFRESH_SECONDS = 5
 
 # The status page loads nothing from anywhere: no scripts, no remote styles, no framing.
@@ -97,13 +95,17 @@ class AdminHandlers:
 async def probe_upstreams(server: ProxyServer) -> list[dict[str, Any]]:
     """One HTTP GET per route's upstream base URL, concurrently; any HTTP status is reachable."""
     routes = server.routes.routes
+    timeout = server.config.admin.readiness_timeout
     client = server.upstream_client
     own_client = client is None or client.closed
     if own_client:
         client = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar(), trust_env=False)
     try:
         results = await asyncio.gather(
-            *(_probe(client, route, server.routes.upstream_base(route)) for route in routes)
+            *(
+                _probe(client, route, server.routes.upstream_base(route), timeout)
+                for route in routes
+            )
         )
     finally:
         if own_client:
@@ -111,21 +113,23 @@ async def probe_upstreams(server: ProxyServer) -> list[dict[str, Any]]:
     return list(results)
 
 
-async def _probe(client: aiohttp.ClientSession, route: Route, base: URL) -> dict[str, Any]:
+async def _probe(
+    client: aiohttp.ClientSession, route: Route, base: URL, timeout: float
+) -> dict[str, Any]:
     result: dict[str, Any] = {"prefix": route.prefix, "upstream": display_url(base)}
     try:
-        async with asyncio.timeout(READINESS_TIMEOUT):
+        async with asyncio.timeout(timeout):
             async with client.get(
                 base,
                 allow_redirects=False,
                 ssl=ssl_for_route(route),
-                timeout=aiohttp.ClientTimeout(total=READINESS_TIMEOUT),
+                timeout=aiohttp.ClientTimeout(total=timeout),
             ) as response:
                 result["reachable"] = True
                 result["status"] = response.status
     except TimeoutError:
         result["reachable"] = False
-        result["error"] = f"no answer within {READINESS_TIMEOUT:g}s"
+        result["error"] = f"no answer within {timeout:g}s"
     except (aiohttp.ClientError, OSError) as exc:
         result["reachable"] = False
         result["error"] = str(exc) or type(exc).__name__

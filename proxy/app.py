@@ -83,7 +83,9 @@ class ProxyServer:
         if self.config.watch and self.config_path:
             from .watch import watch_config_file
 
-            self._watch_task = asyncio.create_task(watch_config_file(self))
+            self._watch_task = asyncio.create_task(
+                watch_config_file(self, self.config.watch_interval)
+            )
         log.info("listening on %s (admin %s)", self.public_url, self.admin_url or "off")
 
     async def _start_embedded(self) -> None:
@@ -111,10 +113,14 @@ class ProxyServer:
         resolved = self.routes.match(raw_path)
         if resolved is None:
             return web.json_response({"error": "no route", "path": request.path}, status=404)
+        assert self.passthrough is not None
+        if not self.accepting:
+            return await self.passthrough.error_response(
+                request, resolved.route, 503, "the proxy is shutting down"
+            )
         target = resolved.legacy_target()
         if target is not None and is_websocket_upgrade(request):
             return await handle_legacy_socket(self, request, resolved, target)
-        assert self.passthrough is not None
         return await self.passthrough.handle(request, resolved)
 
     # -- reload ----------------------------------------------------------------------------
@@ -185,9 +191,11 @@ class ProxyServer:
         self._stopped.set()
 
     async def _drain(self) -> None:
-        # Stop taking new connections first so nothing joins a session while it drains.
-        for runner in self._runners:
-            for site in list(runner.sites):
+        # Stop taking new connections first so nothing joins a session while it drains; the
+        # admin listener stays up so /readyz answers 503 until the very end.
+        public = self._runners[0] if self._runners else None
+        if public is not None:
+            for site in list(public.sites):
                 await site.stop()
         await self.registry.shutdown()
         if self.passthrough is not None:

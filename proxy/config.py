@@ -41,18 +41,27 @@ class TLSListen(_Model):
 
 
 class Listen(_Model):
+    """The public listener legacy and modern clients connect to."""
+
     host: str = Field("127.0.0.1", description="Address the public listener binds to.")
     port: int = Field(8890, ge=0, le=65535, description="Public port (0 picks a free one).")
     tls: TLSListen | None = Field(None, description="Certificate and key to serve TLS.")
 
 
 class Admin(_Model):
+    """The operator listener: /healthz, /readyz, /metrics, /status."""
+
     enabled: bool = Field(True, description="Serve /healthz, /readyz, /metrics, /status.")
     host: str = Field("127.0.0.1", description="Admin listener address (keep it private).")
     port: int = Field(8891, ge=0, le=65535, description="Admin port (0 picks a free one).")
+    readiness_timeout: float = Field(
+        2.0, gt=0, description="Seconds /readyz waits for each upstream to answer."
+    )
 
 
 class Limits(_Model):
+    """Refusal thresholds; each refusal is a close code or HTTP status, a reason and a log line."""
+
     max_message_bytes: int = Field(
         128 * MiB,
         gt=0,
@@ -73,12 +82,16 @@ class Limits(_Model):
 
 
 class Reconnect(_Model):
+    """How a legacy session reconnects its upstream after losing it."""
+
     attempts: int = Field(8, ge=0, description="Upstream reconnect attempts before giving up.")
     initial_delay: float = Field(0.2, ge=0, description="First backoff delay in seconds.")
     max_delay: float = Field(5.0, ge=0, description="Backoff ceiling in seconds.")
 
 
 class Sessions(_Model):
+    """Legacy session lifecycle: grace period, upstream reconnects, how clients are closed."""
+
     grace_period: float = Field(
         30.0,
         ge=0,
@@ -96,6 +109,8 @@ class Sessions(_Model):
 
 
 class Keepalive(_Model):
+    """Websocket pings on both hops."""
+
     ping_interval: float = Field(
         20.0,
         ge=0,
@@ -105,18 +120,28 @@ class Keepalive(_Model):
 
 
 class Shutdown(_Model):
+    """Graceful stop on SIGTERM/SIGINT."""
+
     deadline: float = Field(
         10.0, gt=0, description="Seconds SIGTERM may take: drain in-flight, close, exit."
     )
 
 
 class Logging(_Model):
-    level: Literal["debug", "info", "warning", "error"] = "info"
-    format: Literal["text", "json"] = "text"
+    """Log level and format."""
+
+    level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="Least severe level logged."
+    )
+    format: Literal["text", "json"] = Field(
+        "text", description="'text' for people, 'json' (one object per line) for collectors."
+    )
     access_log: bool = Field(True, description="One line per HTTP request.")
 
 
 class LegacyOptions(_Model):
+    """The legacy shell/iopub/stdin endpoints of a route."""
+
     enabled: bool = Field(True, description="Serve the legacy shell/iopub/stdin sockets.")
     msg_spec: Literal["auto", "4", "5"] = Field(
         "auto",
@@ -131,25 +156,34 @@ class LegacyOptions(_Model):
 
 
 class HeaderRules(_Model):
+    """Request headers changed on the way upstream."""
+
     set: dict[str, str] = Field(default_factory=dict, description="Request headers to set.")
     remove: list[str] = Field(default_factory=list, description="Request headers to drop.")
 
 
 class RouteTimeouts(_Model):
+    """Upstream timeouts of a route."""
+
     connect: float = Field(10.0, gt=0, description="Seconds to connect to the upstream.")
     response: float | None = Field(
         None,
         gt=0,
-        description="Seconds to wait for the upstream's response headers (none: no limit).",
+        description="Seconds to wait for the upstream's response headers, on top of the "
+        "connect budget (none: no limit).",
     )
 
 
 class UpstreamTLS(_Model):
+    """Certificate checks for https/wss upstreams."""
+
     verify: bool = Field(True, description="Verify the upstream's certificate.")
     ca_bundle: str | None = Field(None, description="PEM CA bundle for https/wss upstreams.")
 
 
 class Route(_Model):
+    """A path prefix mapped onto an upstream URL."""
+
     prefix: str = Field(description="Path prefix this route serves ('/' matches everything).")
     upstream: str = Field(
         description="http(s) URL the prefix maps onto, or 'embedded' for a local "
@@ -212,6 +246,8 @@ class Route(_Model):
 
 
 class ProxyConfig(_Model):
+    """The whole configuration file."""
+
     listen: Listen = Field(default_factory=Listen)
     admin: Admin = Field(default_factory=Admin)
     limits: Limits = Field(default_factory=Limits)
@@ -220,6 +256,9 @@ class ProxyConfig(_Model):
     shutdown: Shutdown = Field(default_factory=Shutdown)
     logging: Logging = Field(default_factory=Logging)
     watch: bool = Field(False, description="Reload the file when it changes (SIGHUP always does).")
+    watch_interval: float = Field(
+        1.0, gt=0, description="Seconds between checks of the config file when `watch` is on."
+    )
     routes: list[Route] = Field(min_length=1, description="Prefix -> upstream mappings.")
 
     @model_validator(mode="after")

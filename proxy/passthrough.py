@@ -123,11 +123,15 @@ class Passthrough:
                     skip_auto_headers=("Accept", "Accept-Encoding", "Content-Type"),
                 )
         except TimeoutError:
-            return await self._error(request, route, 504, "the upstream did not answer in time")
+            return await self.error_response(
+                request, route, 504, "the upstream did not answer in time"
+            )
         except aiohttp.ClientConnectorError as exc:
-            return await self._error(request, route, 502, f"cannot connect to the upstream: {exc}")
+            return await self.error_response(
+                request, route, 502, f"cannot connect to the upstream: {exc}"
+            )
         except (aiohttp.ClientError, OSError) as exc:
-            return await self._error(request, route, 502, f"upstream request failed: {exc}")
+            return await self.error_response(request, route, 502, f"upstream request failed: {exc}")
 
         async with upstream:
             response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
@@ -149,7 +153,7 @@ class Passthrough:
             await response.write_eof()
             return response
 
-    async def _error(
+    async def error_response(
         self, request: web.Request, route: Route, status: int, problem: str
     ) -> web.StreamResponse:
         """The proxy's own 502/503/504: the route's error page if configured, else JSON."""
@@ -205,11 +209,17 @@ class Passthrough:
         except aiohttp.WSServerHandshakeError as exc:
             return _handshake_refusal(exc)
         except TimeoutError:
-            return await self._error(request, route, 504, "the upstream did not answer in time")
+            return await self.error_response(
+                request, route, 504, "the upstream did not answer in time"
+            )
         except aiohttp.ClientConnectorError as exc:
-            return await self._error(request, route, 502, f"cannot connect to the upstream: {exc}")
+            return await self.error_response(
+                request, route, 502, f"cannot connect to the upstream: {exc}"
+            )
         except (aiohttp.ClientError, OSError) as exc:
-            return await self._error(request, route, 502, f"upstream websocket failed: {exc}")
+            return await self.error_response(
+                request, route, 502, f"upstream websocket failed: {exc}"
+            )
 
         client = web.WebSocketResponse(
             protocols=(upstream.protocol,) if upstream.protocol else (),

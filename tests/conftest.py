@@ -27,9 +27,7 @@ def jupyter() -> Iterator[JupyterServer]:
 @pytest.fixture(scope="session")
 def proxy(jupyter: JupyterServer) -> Iterator[ProxyProcess]:
     """The proxy in front of `jupyter`, with a short grace period so sessions end promptly."""
-    process = start_proxy(
-        proxy_config(jupyter.url, sessions={"grace_period": 0.5}, admin={"enabled": False})
-    )
+    process = start_proxy(proxy_config(jupyter.url, sessions={"grace_period": 0.5}))
     yield process
     process.stop()
 

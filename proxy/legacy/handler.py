@@ -26,8 +26,6 @@ async def handle_legacy_socket(
     server: ProxyServer, request: web.Request, resolved: ResolvedRoute, target: LegacyTarget
 ) -> web.StreamResponse:
     """Serve one of the three legacy sockets for its whole life."""
-    if not server.accepting:
-        return web.json_response({"error": "proxy is shutting down"}, status=503)
     config = server.config
     interval = config.keepalive.ping_interval
     ws = web.WebSocketResponse(

@@ -12,8 +12,8 @@ MAX_COOKIE_CHARS = 16 * 1024
 
 # kernel.js 2.x: 32 uppercase hex digits; 1.x: a dashed UUID.
 _SESSION_ID = re.compile(rf"[A-Za-z0-9_-]{{1,{MAX_SESSION_ID_CHARS}}}")
-# document.cookie is printable text; tab and latin-1 letters are allowed, other controls are not.
-_COOKIE_FORBIDDEN = re.compile(r"[^\t\x20-\x7e\x80-\xff]")
+# document.cookie is printable text: tab, printable ASCII and printable latin-1 only.
+_COOKIE_FORBIDDEN = re.compile(r"[^\t\x20-\x7e\xa0-\xff]")
 
 
 @dataclass(frozen=True, slots=True)

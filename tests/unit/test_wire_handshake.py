@@ -78,6 +78,7 @@ def test_cookie_at_the_size_limit_is_fine() -> None:
         ("S:a=1\nb=2", "U+000A"),
         ("S:a=\x00", "U+0000"),
         ("S:a=\x7f", "U+007F"),
+        ("S:a=\x85", "U+0085"),
         ("S:a=\u20ac", "U+20AC"),
         ("S:" + "a" * (MAX_COOKIE_CHARS + 1), "longer than"),
     ],
