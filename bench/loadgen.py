@@ -457,7 +457,9 @@ async def execute_and_collect(
     result = Execution()
     msg = execute_request(client.session_id, code, client.spec)
     msg_id = msg["header"]["msg_id"]
-    idle = asyncio.get_running_loop().create_future()
+    loop = asyncio.get_running_loop()
+    idle = loop.create_future()
+    replied = loop.create_future()
     started = time.perf_counter()
 
     def sink(channel: str, data: bytes) -> None:
@@ -472,6 +474,8 @@ async def execute_and_collect(
         result.types[msg_type] = result.types.get(msg_type, 0) + 1
         if msg_type == "execute_reply":
             result.reply_seconds = now - started
+            if not replied.done():
+                replied.set_result(None)
         elif msg_type == "stream":
             text = content.get("text", content.get("data", ""))
             result.stream_lines += text.count("\n")
@@ -489,11 +493,13 @@ async def execute_and_collect(
     client.on_frame = sink
     try:
         await client.send_shell(msg)
+        # The reply (shell) and the final idle (iopub) come from different kernel sockets, in
+        # either order: wait for both.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(idle, time_limit)
+            await asyncio.wait_for(asyncio.gather(idle, replied), time_limit)
     finally:
         client.on_frame = _ignore
-    result.complete = idle.done() and result.reply_seconds > 0
+    result.complete = idle.done() and replied.done()
     return result
 
 

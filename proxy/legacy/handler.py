@@ -11,6 +11,7 @@ from aiohttp import WSMsgType, web
 from ..routing import LegacyTarget, ResolvedRoute
 from ..wire.errors import HandshakeError
 from ..wire.handshake import Handshake, parse_handshake
+from .client_socket import LegacySocket
 from .closing import close_legacy_socket
 from .registry import SessionRefused
 
@@ -50,8 +51,9 @@ async def handle_legacy_socket(
         )
         await close_legacy_socket(ws, exc.close_code, exc.reason, "clean")
         return ws
+    sock = LegacySocket(ws, request)
     try:
-        session = server.registry.attach(request, resolved, target, handshake, ws)
+        session = server.registry.attach(request, resolved, target, handshake, sock)
     except SessionRefused as exc:
         metrics.handshake_failures.labels("refused").inc()
         log.warning("session refused kernel=%s: %s", target.kernel_id, exc.reason)
@@ -69,9 +71,9 @@ async def handle_legacy_socket(
             else:
                 break
     finally:
-        session.detach(target.channel, ws)
+        session.detach(target.channel, sock)
     if not ws.closed:
-        await close_legacy_socket(ws, 1000, "session closed", "clean")
+        await sock.close(1000, "session closed", "clean")
     return ws
 
 

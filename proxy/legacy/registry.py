@@ -11,6 +11,7 @@ from aiohttp import web
 from ..headers import ssl_for_route, upstream_request_headers
 from ..routing import LegacyTarget, ResolvedRoute
 from ..wire.handshake import Handshake
+from .client_socket import LegacySocket
 from .session import LegacySession, SessionSettings
 from .upstream import UpstreamTarget
 
@@ -37,6 +38,7 @@ class SessionRegistry:
     def __init__(self, server: ProxyServer) -> None:
         self._server = server
         self._sessions: dict[tuple[str, str, str], LegacySession] = {}
+        server.metrics.traffic.sources = self._sessions.values
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -50,7 +52,7 @@ class SessionRegistry:
         resolved: ResolvedRoute,
         target: LegacyTarget,
         handshake: Handshake,
-        ws: web.WebSocketResponse,
+        sock: LegacySocket,
     ) -> LegacySession:
         """Attach a socket that has sent its handshake; opens the session on first use."""
         key = (resolved.route.prefix, target.kernel_id, handshake.session_id)
@@ -78,7 +80,7 @@ class SessionRegistry:
                 request.remote,
             )
             session.start()
-        session.attach(target.channel, ws, upstream)
+        session.attach(target.channel, sock, upstream)
         return session
 
     def snapshot(self) -> list[dict[str, object]]:

@@ -28,9 +28,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import aiohttp
-from aiohttp import WSMsgType, web
+from aiohttp import WSMsgType
 
-from ..metrics import ProxyMetrics
+from ..metrics import RELAY_LATENCY_SAMPLE, ProxyMetrics
 from ..wire.adapt import SpecAdapter
 from ..wire.errors import WireError
 from ..wire.json_framing import decode_json_frame, encode_json_frame
@@ -41,19 +41,22 @@ from ..wire.message import (
     parse_client_message,
 )
 from ..wire.v1 import decode_v1, encode_v1
-from .closing import close_legacy_socket
+from .client_socket import LegacySocket
 from .upstream import (
     V1_SUBPROTOCOL,
+    QuickAck,
     UpstreamRefused,
     UpstreamTarget,
     UpstreamUnavailable,
     open_upstream,
-    quickack_socket,
 )
 
 log = logging.getLogger("proxy.legacy")
 
 LEGACY_CHANNELS = ("shell", "iopub", "stdin")
+
+# Queued output past this is written at once instead of at the end of the batch.
+FLUSH_BYTES = 256 * 1024
 
 # Close codes sent to legacy clients.
 CLOSE_UPSTREAM_REFUSED = 1008  # policy violation: credentials refused upstream
@@ -91,17 +94,30 @@ class SessionSettings:
 class Outlet:
     """One legacy channel: its socket (if attached) and what is held for it, in order."""
 
-    __slots__ = ("broken", "channel", "flushing", "held", "received", "sent", "sent_bytes", "ws")
+    __slots__ = (
+        "broken",
+        "channel",
+        "flushing",
+        "forwarded",
+        "forwarded_bytes",
+        "held",
+        "received",
+        "sent",
+        "sent_bytes",
+        "sock",
+    )
 
     def __init__(self, channel: str) -> None:
         self.channel = channel
-        self.ws: web.WebSocketResponse | None = None
+        self.sock: LegacySocket | None = None
         self.broken = False  # the attached socket failed a write; wait for its replacement
         self.held: deque[bytes] = deque()
         self.flushing = False
         self.sent = 0
         self.sent_bytes = 0
-        self.received = 0
+        self.received = 0  # frames the client sent on this socket
+        self.forwarded = 0  # of those, sent upstream
+        self.forwarded_bytes = 0
 
 
 class LegacySession:
@@ -139,16 +155,10 @@ class LegacySession:
         self._task: asyncio.Task[None] | None = None
         self._grace: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
-        self._up_counters = {
-            c: self._metrics.messages.labels(c, "to_upstream") for c in ("shell", "stdin")
-        }
-        self._out_counters = {
-            c: (
-                self._metrics.messages.labels(c, "to_client"),
-                self._metrics.bytes.labels(c, "to_client"),
-            )
-            for c in LEGACY_CHANNELS
-        }
+        self._latency = metrics.relay_latency
+        self._loop = asyncio.get_running_loop()
+        self._turn_end_scheduled = False
+        self._quick: QuickAck | None = None
 
     # -- public API used by the handler and the registry ---------------------------------------
 
@@ -159,11 +169,11 @@ class LegacySession:
     def start(self) -> None:
         self._task = asyncio.create_task(self._run_upstream(), name=f"upstream {self.key}")
 
-    def attach(self, channel: str, ws: web.WebSocketResponse, target: UpstreamTarget) -> None:
+    def attach(self, channel: str, sock: LegacySocket, target: UpstreamTarget) -> None:
         """A legacy socket introduced itself; a newer socket for a channel replaces the older."""
         outlet = self.outlets[channel]
-        old = outlet.ws
-        outlet.ws = ws
+        old = outlet.sock
+        outlet.sock = sock
         outlet.broken = False
         self.target = target  # the freshest credentials serve any later reconnect
         self._metrics.legacy_sockets.labels(channel).inc()
@@ -171,22 +181,22 @@ class LegacySession:
             self._grace.cancel()
             self._grace = None
             log.info("session resumed kernel=%s session=%s", self.kernel_id, self.session_id)
-        if old is not None and old is not ws:
+        if old is not None and old is not sock:
             self._metrics.legacy_sockets.labels(channel).dec()
-            self._spawn(close_legacy_socket(old, 1000, "replaced by a newer connection", "clean"))
+            self._spawn(old.close(1000, "replaced by a newer connection", "clean"))
         if outlet.held and not outlet.flushing:
             self._spawn(self._flush(outlet))
 
-    def detach(self, channel: str, ws: web.WebSocketResponse) -> None:
+    def detach(self, channel: str, sock: LegacySocket) -> None:
         """A legacy socket went away; with none left, wait out the grace period."""
         outlet = self.outlets[channel]
-        if outlet.ws is not ws:
+        if outlet.sock is not sock:
             return  # already replaced
-        outlet.ws = None
+        outlet.sock = None
         self._metrics.legacy_sockets.labels(channel).dec()
         if self.state in (SessionState.DRAINING, SessionState.CLOSED):
             return
-        if any(o.ws is not None for o in self.outlets.values()):
+        if any(o.sock is not None for o in self.outlets.values()):
             return
         grace = self.settings.grace_period
         if grace <= 0:
@@ -236,7 +246,8 @@ class LegacySession:
         if ws is not None and not self.to_upstream and self.state is SessionState.OPEN:
             try:
                 await self._send_upstream(ws, kernel_msg)
-                self._up_counters[channel].inc()
+                outlet.forwarded += 1
+                outlet.forwarded_bytes += size
                 return
             except (ConnectionError, RuntimeError):
                 pass  # the upstream reader notices the loss and reconnects; keep the message
@@ -250,6 +261,16 @@ class LegacySession:
         )
         await self.close(close_code, reason, why="bad_client_frame")
 
+    def traffic(self) -> list[tuple[str, str, int, int]]:
+        """(channel, direction, messages, bytes) for the metrics collector."""
+        rows = [(c, "to_client", o.sent, o.sent_bytes) for c, o in self.outlets.items()]
+        rows += [
+            (c, "to_upstream", o.forwarded, o.forwarded_bytes)
+            for c, o in self.outlets.items()
+            if c != "iopub"
+        ]
+        return rows
+
     def snapshot(self) -> dict[str, object]:
         """What /status shows about this session."""
         return {
@@ -258,7 +279,7 @@ class LegacySession:
             "route": self.route_prefix,
             "state": self.state.value,
             "age_seconds": round(time.time() - self.created, 1),
-            "attached": [c for c, o in self.outlets.items() if o.ws is not None],
+            "attached": [c for c, o in self.outlets.items() if o.sock is not None],
             "msg_spec": "4" if self.adapter.adapting else "5",
             "messages_to_client": {c: o.sent for c, o in self.outlets.items()},
             "messages_from_client": {c: o.received for c, o in self.outlets.items()},
@@ -322,7 +343,7 @@ class LegacySession:
 
     def _grace_expired(self) -> None:
         self._grace = None
-        if any(o.ws is not None for o in self.outlets.values()):
+        if any(o.sock is not None for o in self.outlets.values()):
             return
         self._spawn(self.close(1000, "grace period over", why="grace_expired"))
 
@@ -332,10 +353,9 @@ class LegacySession:
             self._grace = None
 
     async def _close_clients(self, code: int, reason: str, style: str) -> None:
-        sockets = [o.ws for o in self.outlets.values() if o.ws is not None]
+        sockets = [o.sock for o in self.outlets.values() if o.sock is not None]
         await asyncio.gather(
-            *(close_legacy_socket(ws, code, reason, style) for ws in sockets),
-            return_exceptions=True,
+            *(sock.close(code, reason, style) for sock in sockets), return_exceptions=True
         )
 
     def _finish(self, why: str) -> None:
@@ -347,6 +367,7 @@ class LegacySession:
         self.to_upstream.clear()
         self.pending = 0
         self._metrics.session_closes.labels(why).inc()
+        self._metrics.traffic.retire(self)
         log.info(
             "session closed kernel=%s session=%s why=%s reason=%r age=%.1fs to_client=%s "
             "from_client=%s upstream_connects=%d dropped=%s",
@@ -465,7 +486,9 @@ class LegacySession:
             await self._send_upstream(ws, kernel_msg)
             self.to_upstream.popleft()
             self.pending -= size
-            self._up_counters[kernel_msg.channel].inc()
+            outlet = self.outlets[kernel_msg.channel]
+            outlet.forwarded += 1
+            outlet.forwarded_bytes += size
             self._release_space()
 
     async def _send_upstream(
@@ -481,44 +504,57 @@ class LegacySession:
             await ws.send_frame(frame, WSMsgType.BINARY)
 
     async def _read_upstream(self, ws: aiohttp.ClientWebSocketResponse) -> None:
-        quick = quickack_socket(ws)
+        self._quick = QuickAck.for_upstream(ws)
         v1 = self._v1
-        while True:
-            msg = await ws.receive()
-            kind = msg.type
-            if kind is WSMsgType.BINARY or kind is WSMsgType.TEXT:
-                if quick is not None:
+        receive = ws.receive
+        to_client = self._to_client
+        until_sample = RELAY_LATENCY_SAMPLE
+        try:
+            while True:
+                msg = await receive()
+                kind = msg.type
+                if kind is WSMsgType.BINARY or kind is WSMsgType.TEXT:
                     try:
-                        quick.setsockopt(6, 12, 1)  # IPPROTO_TCP, TCP_QUICKACK: re-arm per read
-                    except OSError:
-                        quick = None
-                try:
-                    if v1 and kind is WSMsgType.BINARY:
-                        kernel_msg = decode_v1(msg.data)
+                        if v1 and kind is WSMsgType.BINARY:
+                            kernel_msg = decode_v1(msg.data)
+                        else:
+                            kernel_msg = decode_json_frame(msg.data)
+                    except WireError as exc:
+                        await self._upstream_frame_refused(exc)
+                        return
+                    until_sample -= 1
+                    if until_sample:
+                        await to_client(kernel_msg)
                     else:
-                        kernel_msg = decode_json_frame(msg.data)
-                except WireError as exc:
-                    log.error(
-                        "malformed upstream frame kernel=%s session=%s: %s",
-                        self.kernel_id,
-                        self.session_id,
-                        exc.reason,
-                    )
-                    await self.close(
-                        CLOSE_UPSTREAM_ERROR,
-                        f"malformed frame from upstream: {exc.reason}",
-                        why="bad_upstream_frame",
-                    )
+                        until_sample = RELAY_LATENCY_SAMPLE
+                        started = time.perf_counter()
+                        await to_client(kernel_msg)
+                        self._latency.observe(time.perf_counter() - started)
+                elif kind is WSMsgType.CLOSE:
+                    try:
+                        await asyncio.wait_for(ws.close(), timeout=2)
+                    except (TimeoutError, aiohttp.ClientError, OSError):
+                        pass
                     return
-                await self._to_client(kernel_msg)
-            elif kind is WSMsgType.CLOSE:
-                try:
-                    await asyncio.wait_for(ws.close(), timeout=2)
-                except (TimeoutError, aiohttp.ClientError, OSError):
-                    pass
-                return
-            elif kind in (WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
-                return
+                elif kind in (WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
+                    return
+        finally:
+            quick, self._quick = self._quick, None
+            if quick is not None:
+                quick.close()
+
+    async def _upstream_frame_refused(self, exc: WireError) -> None:
+        log.error(
+            "malformed upstream frame kernel=%s session=%s: %s",
+            self.kernel_id,
+            self.session_id,
+            exc.reason,
+        )
+        await self.close(
+            CLOSE_UPSTREAM_ERROR,
+            f"malformed frame from upstream: {exc.reason}",
+            why="bad_upstream_frame",
+        )
 
     # -- client side -----------------------------------------------------------------------
 
@@ -535,46 +571,64 @@ class LegacySession:
             data = legacy_text(kernel_msg)
         if kernel_msg.buffers:
             self._drop("binary_buffers")
-        ws = outlet.ws
-        if ws is not None and not outlet.held and not outlet.broken:
-            try:
-                await ws.send_frame(data, WSMsgType.TEXT)
+        sock = outlet.sock
+        if sock is not None and not outlet.held and not outlet.broken:
+            if sock.queue_text(data):
                 outlet.sent += 1
-                messages, nbytes = self._out_counters[outlet.channel]
-                messages.inc()
-                nbytes.inc(len(data))
+                outlet.sent_bytes += len(data)
+                if not self._turn_end_scheduled:
+                    self._turn_end_scheduled = True
+                    self._loop.call_soon(self._end_turn)
+                if sock.queued_bytes > FLUSH_BYTES or sock.congested:
+                    try:
+                        await sock.drain()
+                    except ConnectionError:
+                        pass  # the handler sees the socket go and detaches it
                 return
-            except (ConnectionError, RuntimeError):
-                outlet.broken = outlet.ws is ws
+            outlet.broken = True
         outlet.held.append(data)
         self.pending += len(data)
-        if outlet.ws is not None and not outlet.broken and not outlet.flushing:
+        if outlet.sock is not None and not outlet.broken and not outlet.flushing:
             self._spawn(self._flush(outlet))
         await self._wait_for_space()
 
+    def _end_turn(self) -> None:
+        """After a batch of upstream messages: one write per socket, and ACK the upstream."""
+        self._turn_end_scheduled = False
+        for outlet in self.outlets.values():
+            if outlet.sock is not None:
+                outlet.sock.flush()
+        quick = self._quick
+        if quick is not None and not quick.arm():
+            quick.close()
+            self._quick = None
+
     async def _flush(self, outlet: Outlet) -> None:
+        """Deliver what was held for a socket that has (re)attached, oldest first."""
         if outlet.flushing:
             return
         outlet.flushing = True
-        messages, nbytes = self._out_counters[outlet.channel]
         try:
             while outlet.held:
-                ws = outlet.ws
-                if ws is None or outlet.broken:
+                sock = outlet.sock
+                if sock is None or outlet.broken:
                     return
                 data = outlet.held[0]
-                try:
-                    await ws.send_frame(data, WSMsgType.TEXT)
-                except (ConnectionError, RuntimeError):
-                    outlet.broken = outlet.ws is ws
-                    continue
-                if outlet.held and outlet.held[0] is data:
-                    outlet.held.popleft()
-                    self.pending -= len(data)
+                if not sock.queue_text(data):
+                    outlet.broken = True
+                    return
+                outlet.held.popleft()
+                self.pending -= len(data)
                 outlet.sent += 1
-                messages.inc()
-                nbytes.inc(len(data))
+                outlet.sent_bytes += len(data)
                 self._release_space()
+                if sock.queued_bytes > FLUSH_BYTES or sock.congested:
+                    try:
+                        await sock.drain()
+                    except ConnectionError:
+                        return
+            if outlet.sock is not None:
+                outlet.sock.flush()
         finally:
             outlet.flushing = False
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 from dataclasses import dataclass
 from typing import Any
@@ -89,22 +90,47 @@ def tune_upstream_socket(ws: aiohttp.ClientWebSocketResponse) -> None:
         pass
 
 
-def quickack_socket(ws: aiohttp.ClientWebSocketResponse) -> Any:
-    """The upstream socket if Linux TCP_QUICKACK can be used on it, else None.
+class QuickAck:
+    """Linux TCP_QUICKACK on an upstream socket, re-armed after each read.
 
-    jupyter_server never sets TCP_NODELAY, so its small writes wait for our ACK (Nagle) while
-    our delayed ACK waits ~40 ms: acknowledging immediately after each read removes that stall.
+    jupyter_server never sets TCP_NODELAY, so its small writes wait for our ACK (Nagle)
+    while our delayed ACK waits ~40 ms: acknowledging at once removes that stall. The
+    kernel clears quick-ack mode again by itself, hence the re-arm per read. We keep our
+    own duplicate of the file descriptor because uvloop's socket wrapper builds a Python
+    socket object on every setsockopt call.
     """
-    if not hasattr(socket, "TCP_QUICKACK"):
-        return None
-    sock = _socket_of(ws)
-    if sock is None:
-        return None
-    try:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
-    except OSError:
-        return None
-    return sock
+
+    __slots__ = ("_sock",)
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+
+    @classmethod
+    def for_upstream(cls, ws: aiohttp.ClientWebSocketResponse) -> QuickAck | None:
+        if not hasattr(socket, "TCP_QUICKACK"):
+            return None
+        wrapped = _socket_of(ws)
+        if wrapped is None:
+            return None
+        try:
+            sock = socket.socket(fileno=os.dup(wrapped.fileno()))
+        except OSError:
+            return None
+        quick = cls(sock)
+        if not quick.arm():
+            quick.close()
+            return None
+        return quick
+
+    def arm(self) -> bool:
+        try:
+            self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
+        except OSError:
+            return False
+        return True
+
+    def close(self) -> None:
+        self._sock.close()
 
 
 def _socket_of(ws: aiohttp.ClientWebSocketResponse) -> Any:

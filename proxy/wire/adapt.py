@@ -24,8 +24,9 @@ this module fixes it:
   the first match; it is taken from the remembered request line and `cursor_start`.
 - V5toV4 kernel_info_reply reports the kernel's 5.x protocol_version; the client speaks 4.1.
 - V5toV4 execute_reply leaves pager payloads as v5 mime bundles (`data`) where v4 reads
-  `text`/`html`/`start_line_number`, drops `user_variables` results into
-  `user_expressions`, and omits `user_variables` for error replies.
+  `text`/`html`/`start_line_number`; it never moves the results of the request's
+  `user_variables` (which V4toV5 turned into `user_expressions`) back into
+  `user_variables`, and omits `user_variables` entirely in error replies.
 - V5toV4 execute_result keeps `application/json` as an object; v4 carried a JSON string.
 - V5toV4 clear_output lacks IPython 1.x's `stdout`/`stderr`/`other` flags, without which an
   IPython 1.x frontend clears nothing.
@@ -161,7 +162,11 @@ def _splice_members(obj: bytes, members: bytes) -> _Pieces:
 
 
 def parse_inspector_text(text: str) -> dict[str, str]:
-    """Map IPython inspector text (`Signature: ...`, `Docstring:` ...) to v4 info fields."""
+    """Map IPython inspector text (`Signature: ...`, `Docstring:` ...) to v4 info fields.
+
+    A docstring line that itself starts with a section title (e.g. `Type: x`) is read as a
+    new section; the inspector text gives no way to tell the two apart.
+    """
     fields: dict[str, list[str]] = {}
     current: list[str] | None = None
     for line in strip_ansi(text).split("\n"):

@@ -24,7 +24,11 @@ def _fail(reason: str) -> FrameError:
 
 
 def decode_v1(frame: bytes) -> KernelMessage:
-    """Split a v1 frame into its channel, raw JSON parts and buffers."""
+    """Split a v1 frame into its channel, raw JSON parts and buffers.
+
+    Any 1-32 byte UTF-8 channel name is accepted; what to do with a channel that has no
+    legacy socket (e.g. control) is the caller's decision.
+    """
     size = len(frame)
     if size < 8:
         raise _fail(f"{size} bytes is shorter than its part count")

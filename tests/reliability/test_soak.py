@@ -25,8 +25,8 @@ from tests.support.servers import (
 
 SESSIONS = 1000
 SESSIONS_PER_KERNEL = 10
-REQUESTS_PER_SESSION = 5
-FLOOD_MESSAGES = 20
+REQUESTS_PER_SESSION = 10
+FLOOD_MESSAGES = 200
 CONNECT_BATCH = 100
 WANTED_FILES = 16 * SESSIONS  # client + proxy + stub sockets, with room to spare
 
