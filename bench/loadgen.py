@@ -499,7 +499,7 @@ async def execute_and_collect(
             await asyncio.wait_for(asyncio.gather(idle, replied), time_limit)
     finally:
         client.on_frame = _ignore
-    result.complete = idle.done() and replied.done()
+    result.complete = result.idle_seconds > 0 and result.reply_seconds > 0
     return result
 
 

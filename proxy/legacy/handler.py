@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("proxy.legacy")
 
 CLOSE_UNSUPPORTED_DATA = 1003
+CLOSE_TOO_BIG = 1009
 
 
 async def handle_legacy_socket(
@@ -68,6 +69,14 @@ async def handle_legacy_socket(
                 await session.reject_client_frame(
                     CLOSE_UNSUPPORTED_DATA, "binary frames are not part of the legacy protocol"
                 )
+            elif msg.type is WSMsgType.ERROR and _close_code_of(msg.data) == CLOSE_TOO_BIG:
+                # aiohttp has already closed this socket with 1009 (no reason allowed there);
+                # the session's other sockets get the reason.
+                limit = config.max_message_bytes_for(resolved.route)
+                await session.reject_client_frame(
+                    CLOSE_TOO_BIG, f"message larger than limits.max_message_bytes ({limit} bytes)"
+                )
+                break
             else:
                 break
     finally:
@@ -93,6 +102,12 @@ async def _read_handshake(ws: web.WebSocketResponse, timeout: float) -> Handshak
         except UnicodeDecodeError:
             raise HandshakeError("handshake is not valid UTF-8") from None
     return parse_handshake(data)
+
+
+def _close_code_of(error: object) -> int | None:
+    """The close code aiohttp attached to a protocol error (e.g. 1009 for an oversized frame)."""
+    code = getattr(error, "code", None)
+    return int(code) if isinstance(code, int) else None
 
 
 def _handshake_label(reason: str) -> str:

@@ -63,6 +63,7 @@ CLOSE_UPSTREAM_REFUSED = 1008  # policy violation: credentials refused upstream
 CLOSE_UPSTREAM_ERROR = 1011  # unknown kernel, upstream gone for good, malformed upstream frame
 CLOSE_SERVICE_RESTART = 1012
 CLOSE_GOING_AWAY = 1001
+CLOSE_TOO_BIG = 1009
 
 
 class SessionState(enum.Enum):
@@ -535,6 +536,15 @@ class LegacySession:
                         await asyncio.wait_for(ws.close(), timeout=2)
                     except (TimeoutError, aiohttp.ClientError, OSError):
                         pass
+                    return
+                elif kind is WSMsgType.ERROR and getattr(msg.data, "code", None) == CLOSE_TOO_BIG:
+                    # Reconnecting would only lose this message silently: say so and stop.
+                    reason = (
+                        "kernel message larger than limits.max_message_bytes "
+                        f"({self.target.max_msg_size} bytes)"
+                    )
+                    log.error("%s kernel=%s session=%s", reason, self.kernel_id, self.session_id)
+                    await self.close(CLOSE_TOO_BIG, reason, why="upstream_message_too_big")
                     return
                 elif kind in (WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
                     return
