@@ -68,17 +68,29 @@ class LegacySocket:
         self._queued += len(payload)
         return True
 
-    def flush(self) -> None:
-        """Hand everything queued to the transport in one write."""
+    def flush(self) -> bool:
+        """Hand everything queued to the transport in one write.
+
+        Returns False, keeping the frames queued, when the socket can no longer be written
+        (for instance the client's close frame was just answered): the session takes them
+        back with `take_queued` and holds them for the client's return.
+        """
         chunks = self._chunks
         if not chunks:
-            return
+            return True
+        if not self.writable:
+            return False
         self._chunks = []
         self._queued = 0
-        transport = self._transport
-        if transport is None or transport.is_closing():
-            return
-        transport.writelines(chunks)
+        self._transport.writelines(chunks)  # type: ignore[union-attr]
+        return True
+
+    def take_queued(self) -> list[bytes]:
+        """Remove and return the payloads queued but not written, oldest first."""
+        payloads = self._chunks[1::2]
+        self._chunks = []
+        self._queued = 0
+        return payloads
 
     async def drain(self) -> None:
         """Wait while the client is slower than the kernel (TCP backpressure)."""
@@ -87,5 +99,6 @@ class LegacySocket:
             await self._protocol._drain_helper()
 
     async def close(self, code: int, reason: str, style: str) -> None:
+        """Write what is queued, then close with code and reason."""
         self.flush()
         await close_legacy_socket(self.ws, code, reason, style)

@@ -120,8 +120,9 @@ class SessionRegistry:
     ) -> UpstreamTarget:
         config = self._server.config
         headers = upstream_request_headers(request, resolved, websocket=True)
-        if "Cookie" not in headers and handshake.cookie:
-            headers["Cookie"] = handshake.cookie  # kernel.js sends document.cookie in its handshake
+        cookie = handshake.cookie_header()
+        if "Cookie" not in headers and cookie:
+            headers["Cookie"] = cookie  # kernel.js sends document.cookie in its handshake
         url = resolved.channels_url(target.kernel_id, handshake.session_id)
         token = request.query.get("token")
         if token:

@@ -193,6 +193,7 @@ class LegacySession:
         outlet = self.outlets[channel]
         if outlet.sock is not sock:
             return  # already replaced
+        self._reclaim(outlet)
         outlet.sock = None
         self._metrics.legacy_sockets.labels(channel).dec()
         if self.state in (SessionState.DRAINING, SessionState.CLOSED):
@@ -497,12 +498,17 @@ class LegacySession:
     ) -> None:
         if self._v1:
             await ws.send_frame(encode_v1(kernel_msg), WSMsgType.BINARY)
-            return
-        frame = encode_json_frame(kernel_msg)
-        if isinstance(frame, str):
-            await ws.send_frame(frame.encode(), WSMsgType.TEXT)
         else:
-            await ws.send_frame(frame, WSMsgType.BINARY)
+            frame = encode_json_frame(kernel_msg)
+            if isinstance(frame, str):
+                await ws.send_frame(frame.encode(), WSMsgType.TEXT)
+            else:
+                await ws.send_frame(frame, WSMsgType.BINARY)
+        # Sending right after receiving puts Linux into delayed-ACK ("pingpong") mode, and the
+        # reply's first segment would then wait for our ACK timer (Nagle on the server side).
+        quick = self._quick
+        if quick is not None:
+            quick.arm()
 
     async def _read_upstream(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         self._quick = QuickAck.for_upstream(ws)
@@ -606,12 +612,27 @@ class LegacySession:
         """After a batch of upstream messages: one write per socket, and ACK the upstream."""
         self._turn_end_scheduled = False
         for outlet in self.outlets.values():
-            if outlet.sock is not None:
-                outlet.sock.flush()
+            if outlet.sock is not None and not outlet.sock.flush():
+                self._reclaim(outlet)
         quick = self._quick
         if quick is not None and not quick.arm():
             quick.close()
             self._quick = None
+
+    def _reclaim(self, outlet: Outlet) -> None:
+        """Take back frames queued on a socket that went away; they are the oldest we have."""
+        sock = outlet.sock
+        if sock is None:
+            return
+        payloads = sock.take_queued()
+        if not payloads:
+            return
+        outlet.broken = True
+        outlet.held.extendleft(reversed(payloads))
+        size = sum(len(p) for p in payloads)
+        self.pending += size
+        outlet.sent -= len(payloads)
+        outlet.sent_bytes -= size
 
     async def _flush(self, outlet: Outlet) -> None:
         """Deliver what was held for a socket that has (re)attached, oldest first."""
@@ -637,8 +658,8 @@ class LegacySession:
                         await sock.drain()
                     except ConnectionError:
                         return
-            if outlet.sock is not None:
-                outlet.sock.flush()
+            if outlet.sock is not None and not outlet.sock.flush():
+                self._reclaim(outlet)
         finally:
             outlet.flushing = False
 

@@ -12,8 +12,9 @@ MAX_COOKIE_CHARS = 16 * 1024
 
 # kernel.js 2.x: 32 uppercase hex digits; 1.x: a dashed UUID.
 _SESSION_ID = re.compile(rf"[A-Za-z0-9_-]{{1,{MAX_SESSION_ID_CHARS}}}")
-# document.cookie is printable text: tab, printable ASCII and printable latin-1 only.
-_COOKIE_FORBIDDEN = re.compile(r"[^\t\x20-\x7e\xa0-\xff]")
+# document.cookie is text; control characters (CR/LF above all) are never part of it.
+_COOKIE_FORBIDDEN = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+_HEADER_SAFE_PAIR = re.compile(r"[\t\x20-\x7e]*")
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,6 +23,15 @@ class Handshake:
 
     session_id: str
     cookie: str
+
+    def cookie_header(self) -> str:
+        """The cookie pairs that can travel in an HTTP Cookie header (ASCII only).
+
+        A browser may hold unrelated cookies with other characters; they are left out rather
+        than refusing the socket, since the server's login cookie is always ASCII.
+        """
+        pairs = (pair.strip() for pair in self.cookie.split(";"))
+        return "; ".join(p for p in pairs if p and _HEADER_SAFE_PAIR.fullmatch(p))
 
 
 def parse_handshake(frame: str) -> Handshake:

@@ -141,6 +141,7 @@ async def test_interrupt_and_restart_over_rest(proxy, jupyter, kernel_id):
             url = f"{proxy.url}/api/kernels/{kernel_id}/restart"
             async with http.post(url, headers=jupyter.auth_headers) as resp:
                 assert resp.status == 200
+        await kc.wait_until_ready()
         result = await kc.execute("print('alive')")
         assert result.stdout == "alive\n"
 
@@ -157,6 +158,7 @@ async def test_restarting_status_after_kernel_dies(proxy, jupyter, kernel_id):
             timeout=30,
         )
         assert status["content"]["execution_state"] == "restarting"
+        await kc.wait_until_ready()
         result = await kc.execute("print('back')", timeout=60)
         assert result.stdout == "back\n"
 

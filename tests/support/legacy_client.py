@@ -193,6 +193,27 @@ class LegacyKernelClient:
             "shell", lambda m: m.get("parent_header", {}).get("msg_id") == msg_id, timeout
         )
 
+    async def wait_until_ready(self, timeout: float = 60.0) -> None:
+        """Nudge with kernel_info_request until one is answered on iopub as well as shell.
+
+        After a kernel restart the server's iopub subscription reconnects to the new kernel
+        process a little later than shell does, and what the kernel publishes meanwhile is
+        gone (ZMQ's slow joiner); jupyter_server nudges new connections the same way.
+        """
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            msg_id = await self.send_shell("kernel_info_request", {})
+            try:
+                await self.wait_for(
+                    "iopub",
+                    lambda m, sent=msg_id: m["parent_header"].get("msg_id") == sent,
+                    timeout=1.0,
+                )
+                return
+            except TimeoutError:
+                continue
+        raise TimeoutError(f"kernel not answering on iopub after {timeout}s")
+
     async def execute(
         self,
         code: str,
