@@ -122,16 +122,8 @@ class Passthrough:
                     # Send exactly the client's headers: no invented defaults.
                     skip_auto_headers=("Accept", "Accept-Encoding", "Content-Type"),
                 )
-        except TimeoutError:
-            return await self.error_response(
-                request, route, 504, "the upstream did not answer in time"
-            )
-        except aiohttp.ClientConnectorError as exc:
-            return await self.error_response(
-                request, route, 502, f"cannot connect to the upstream: {exc}"
-            )
-        except (aiohttp.ClientError, OSError) as exc:
-            return await self.error_response(request, route, 502, f"upstream request failed: {exc}")
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            return await self._failure_response(request, route, exc, "request")
 
         async with upstream:
             response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
@@ -152,6 +144,20 @@ class Passthrough:
                 return response
             await response.write_eof()
             return response
+
+    async def _failure_response(
+        self, request: web.Request, route: Route, exc: BaseException, what: str
+    ) -> web.StreamResponse:
+        """502 or 504 for an upstream that could not be reached or did not answer."""
+        if isinstance(exc, TimeoutError):
+            return await self.error_response(
+                request, route, 504, "the upstream did not answer in time"
+            )
+        if isinstance(exc, aiohttp.ClientConnectorError):
+            return await self.error_response(
+                request, route, 502, f"cannot connect to the upstream: {exc}"
+            )
+        return await self.error_response(request, route, 502, f"upstream {what} failed: {exc}")
 
     async def error_response(
         self, request: web.Request, route: Route, status: int, problem: str
@@ -208,18 +214,8 @@ class Passthrough:
                 )
         except aiohttp.WSServerHandshakeError as exc:
             return _handshake_refusal(exc)
-        except TimeoutError:
-            return await self.error_response(
-                request, route, 504, "the upstream did not answer in time"
-            )
-        except aiohttp.ClientConnectorError as exc:
-            return await self.error_response(
-                request, route, 502, f"cannot connect to the upstream: {exc}"
-            )
-        except (aiohttp.ClientError, OSError) as exc:
-            return await self.error_response(
-                request, route, 502, f"upstream websocket failed: {exc}"
-            )
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            return await self._failure_response(request, route, exc, "websocket")
 
         client = web.WebSocketResponse(
             protocols=(upstream.protocol,) if upstream.protocol else (),

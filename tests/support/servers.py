@@ -42,6 +42,39 @@ def wait_for_port(port: int, timeout: float = 30.0, proc: subprocess.Popen[bytes
     raise TimeoutError(f"nothing listening on port {port} after {timeout}s")
 
 
+def _spawn_listening(
+    args: list[str],
+    log_path: Path,
+    env: dict[str, str],
+    cwd: Path,
+    port: int,
+    timeout: float = 60.0,
+) -> subprocess.Popen[bytes] | None:
+    """Start a process logging to `log_path`; None (and the process stopped) if it never listens."""
+    with log_path.open("ab") as log:
+        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cwd)
+    try:
+        wait_for_port(port, timeout, proc)
+    except (RuntimeError, TimeoutError):
+        stop_process(proc)
+        return None
+    return proc
+
+
+def stop_process(
+    proc: subprocess.Popen[bytes] | None, sig: int = signal.SIGTERM, timeout: float = 15.0
+) -> None:
+    """Signal a process and wait for it (bounded); kill it if it does not exit in time."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(sig)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
 def _jupyter_env(base: Path) -> dict[str, str]:
     env = dict(os.environ)
     for name in ("RUNTIME", "DATA", "CONFIG"):
@@ -95,28 +128,15 @@ class JupyterServer:
             "--ServerApp.shutdown_no_activity_timeout=0",
             *self.extra_args,
         ]
-        log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
-            args, stdout=log, stderr=subprocess.STDOUT, env=_jupyter_env(self.base), cwd=root
+        self.proc = _spawn_listening(
+            args, self.log_path, _jupyter_env(self.base), root, self.port, timeout
         )
-        log.close()
-        try:
-            wait_for_port(self.port, timeout, self.proc)
-        except Exception:
-            self.stop()
-            raise RuntimeError(f"jupyter_server did not start:\n{self.log_tail()}") from None
+        if self.proc is None:
+            raise RuntimeError(f"jupyter_server did not start:\n{self.log_tail()}")
         return self
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> None:
-        proc = self.proc
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(sig)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        stop_process(self.proc, sig, timeout)
 
     def kill(self) -> None:
         """SIGKILL the server (its kernels die with their parent's pipes soon after)."""
@@ -216,35 +236,16 @@ class ProxyProcess:
 
     def start(self, timeout: float = 30.0) -> ProxyProcess:
         self.write_config()
-        log = self.log_path.open("ab")
+        args = [sys.executable, "-m", "proxy", "--config", str(self.config_path), *self.extra_args]
         env = dict(os.environ, PYTHONUNBUFFERED="1")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "proxy", "--config", str(self.config_path), *self.extra_args],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=REPO,
-            env=env,
-        )
-        log.close()
-        try:
-            wait_for_port(self.port, timeout, self.proc)
-        except Exception:
-            self.stop()
-            raise RuntimeError(f"proxy did not start:\n{self.log_text()}") from None
+        self.proc = _spawn_listening(args, self.log_path, env, REPO, self.port, timeout)
+        if self.proc is None:
+            raise RuntimeError(f"proxy did not start:\n{self.log_text()}")
         return self
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int | None:
-        proc = self.proc
-        if proc is None:
-            return None
-        if proc.poll() is None:
-            proc.send_signal(sig)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
-        return proc.returncode
+        stop_process(self.proc, sig, timeout)
+        return self.proc.returncode if self.proc is not None else None
 
     def signal(self, sig: int) -> None:
         assert self.proc is not None
