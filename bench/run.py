@@ -447,10 +447,37 @@ async def start_jupyter(fleet: Fleet) -> tuple[str, str, str]:
     return url, token, kernel_id
 
 
+def kernel_alone_round_trips(rounds: int) -> list[float]:
+    """Execute `pass` round trips straight to an ipykernel over ZMQ: the floor for any server."""
+    from jupyter_client.manager import start_new_kernel
+
+    with tempfile.TemporaryDirectory(prefix="bench-zmq-") as runtime:
+        os.environ.setdefault("JUPYTER_RUNTIME_DIR", runtime)
+        manager, client = start_new_kernel(startup_timeout=60)
+        try:
+            for _ in range(3):
+                client.execute_interactive("pass", timeout=30)
+            samples = []
+            for _ in range(rounds):
+                started = time.perf_counter()
+                client.execute("pass")
+                client.get_shell_msg(timeout=30)
+                samples.append(time.perf_counter() - started)
+            return samples
+        finally:
+            client.stop_channels()
+            manager.shutdown_kernel(now=True)
+
+
 async def real_stack(profile: Profile, fleet: Fleet) -> dict[str, Any]:
     """Execute round trip, a print loop and one big output: direct and through the proxy."""
     url, token, kernel_id = await start_jupyter(fleet)
     out: dict[str, Any] = {"paths": []}
+    try:
+        alone = await asyncio.to_thread(kernel_alone_round_trips, profile.real_rounds)
+        out["kernel_alone_p50_ms"] = percentile(alone, 50) * 1e3
+    except Exception as exc:  # a baseline only: report and go on
+        out["kernel_alone_error"] = f"{type(exc).__name__}: {exc}"
     paths = [("direct /channels", "channels-json", url)]
     try:
         proxy_url, _ = await start_proxy(fleet, "proxy-real", url)
@@ -648,6 +675,11 @@ def render(report: dict[str, Any]) -> str:
             f"{'' if own else _ratio(row.get('print_loop_s'), base.get('print_loop_s'))} | "
             f"{_num(row.get('big_output_s'), 2)} | "
             f"{'' if own else _ratio(row.get('big_output_s'), base.get('big_output_s'))} |"
+        )
+    if "kernel_alone_p50_ms" in real:
+        lines.append(
+            f"\nThe kernel alone (jupyter_client over ZMQ, no server) answers execute `pass` in "
+            f"{real['kernel_alone_p50_ms']:.1f} ms p50 on this machine: the floor for every row."
         )
     if "error" in real:
         lines.append(f"\nReal stack not measured: {real['error']}")
