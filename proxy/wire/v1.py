@@ -7,6 +7,8 @@ The last offset is the end of the frame. The JSON parts are never parsed here.
 
 from __future__ import annotations
 
+import functools
+import operator
 import struct
 
 from proxy.wire.errors import FrameError
@@ -24,11 +26,7 @@ def _fail(reason: str) -> FrameError:
 
 
 def decode_v1(frame: bytes) -> KernelMessage:
-    """Split a v1 frame into its channel, raw JSON parts and buffers.
-
-    Any 1-32 byte UTF-8 channel name is accepted; what to do with a channel that has no
-    legacy socket (e.g. control) is the caller's decision.
-    """
+    """Split a v1 frame into its channel, raw JSON parts and buffers."""
     size = len(frame)
     if size < 8:
         raise _fail(f"{size} bytes is shorter than its part count")
@@ -38,32 +36,34 @@ def decode_v1(frame: bytes) -> KernelMessage:
     table_end = 8 * (count + 1)
     if table_end > size:
         raise _fail(f"{count} offsets do not fit in {size} bytes")
-    offsets = struct.unpack_from(f"<{count}Q", frame, 8)
+    offsets = _offsets_struct(count).unpack_from(frame, 8)
     if offsets[0] < table_end:
         raise _fail("first part starts inside the offset table")
     if offsets[-1] != size:
         raise _fail(f"last offset {offsets[-1]} is not the frame length {size}")
-    previous = offsets[0]
-    for offset in offsets:
-        if offset < previous:
-            raise _fail("offsets decrease")
-        previous = offset
-    channel_bytes = frame[offsets[0] : offsets[1]]
-    if not channel_bytes or len(channel_bytes) > MAX_CHANNEL_BYTES:
-        raise _fail(f"channel name of {len(channel_bytes)} bytes")
+    if not all(map(operator.le, offsets, offsets[1:])):
+        raise _fail("offsets decrease")
+    start, channel_end, header_end, parent_end, metadata_end, content_end = offsets[:6]
+    if not 0 < channel_end - start <= MAX_CHANNEL_BYTES:
+        raise _fail(f"channel name of {channel_end - start} bytes")
     try:
-        channel = channel_bytes.decode("utf-8")
+        channel = frame[start:channel_end].decode("utf-8")
     except UnicodeDecodeError as exc:
         raise _fail("channel name is not UTF-8") from exc
-    parts = [frame[offsets[i] : offsets[i + 1]] for i in range(1, count - 1)]
+    buffers = [frame[offsets[i] : offsets[i + 1]] for i in range(5, count - 1)] if count > 6 else []
     return KernelMessage(
-        channel=channel,
-        header=parts[0],
-        parent_header=parts[1],
-        metadata=parts[2],
-        content=parts[3],
-        buffers=parts[_JSON_PARTS:],
+        channel,
+        frame[channel_end:header_end],
+        frame[header_end:parent_end],
+        frame[parent_end:metadata_end],
+        frame[metadata_end:content_end],
+        buffers,
     )
+
+
+@functools.lru_cache(maxsize=64)
+def _offsets_struct(count: int) -> struct.Struct:
+    return struct.Struct(f"<{count}Q")
 
 
 def encode_v1(msg: KernelMessage) -> bytes:
