@@ -787,10 +787,14 @@ async def run(profile: Profile, fleet: Fleet, skip_real: bool) -> dict[str, Any]
         print("idle memory", flush=True)
         targets = []
         if proxy_url and proxy_pid:
-            targets += [
-                ("channels-proxy legacy", "legacy-v4", proxy_url, proxy_pid),
-                ("channels-proxy pass-through", "channels-json", proxy_url, proxy_pid),
-            ]
+            # A fresh proxy per row: memory freed by an earlier row (or a flood) would be
+            # reused by the next one and hide its growth.
+            for label, kind in (
+                ("channels-proxy legacy", "legacy-v4"),
+                ("channels-proxy pass-through", "channels-json"),
+            ):
+                idle_url, idle_pid = await start_proxy(fleet, f"proxy-idle-{kind}", stub_url)
+                targets.append((label, kind, idle_url, idle_pid))
         targets.append(("plain aiohttp relay", "channels-json", relay_url, relay.pid))
         if nginx_url and nginx_pid:
             targets.append(("nginx 1 worker", "channels-json", nginx_url, nginx_pid))
