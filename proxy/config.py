@@ -6,6 +6,7 @@ change it in one place (`config/reference.md` is generated from these models).
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from pathlib import Path
@@ -259,7 +260,26 @@ class ProxyConfig(_Model):
     watch_interval: float = Field(
         1.0, gt=0, description="Seconds between checks of the config file when `watch` is on."
     )
+    trusted_proxies: list[str] = Field(
+        default_factory=list,
+        description="Addresses or CIDR networks of front proxies (e.g. a TLS-terminating load "
+        "balancer) whose X-Forwarded-Proto and X-Forwarded-Host are believed. From any other "
+        "peer those headers are replaced, and the XSRF same-origin proof uses the connection's "
+        "own scheme.",
+    )
     routes: list[Route] = Field(min_length=1, description="Prefix -> upstream mappings.")
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for index, entry in enumerate(value):
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise _KeyedError(
+                    f"trusted_proxies[{index}]", f"{entry!r} is not an IP address or network"
+                ) from None
+        return value
 
     @model_validator(mode="after")
     def _unique_prefixes(self) -> ProxyConfig:

@@ -6,8 +6,9 @@ legacy sessions' upstream websocket.
 
 from __future__ import annotations
 
+import ipaddress
 import ssl
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from functools import lru_cache
 
 from aiohttp import web
@@ -75,8 +76,39 @@ def _without(headers: MultiMapping[str], dropped: Iterable[str]) -> CIMultiDict[
     return out
 
 
+def client_scheme(request: web.BaseRequest, trusted_proxies: Sequence[str] = ()) -> str:
+    """The scheme the client used: the connection's, or what a trusted front proxy says."""
+    if trusted_proxies and is_trusted_peer(request.remote, tuple(trusted_proxies)):
+        claimed = request.headers.get(FORWARDED_PROTO, "").split(",")[0].strip().lower()
+        if claimed in ("http", "https"):
+            return claimed
+    return request.scheme
+
+
+def is_trusted_peer(peer: str | None, trusted_proxies: tuple[str, ...]) -> bool:
+    """Whether the connection comes from one of the configured front proxies."""
+    if not peer or not trusted_proxies:
+        return False
+    try:
+        address = ipaddress.ip_address(peer)
+    except ValueError:
+        return False
+    return any(address in network for network in _networks(trusted_proxies))
+
+
+@lru_cache(maxsize=16)
+def _networks(
+    entries: tuple[str, ...],
+) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    return tuple(ipaddress.ip_network(entry, strict=False) for entry in entries)
+
+
 def upstream_request_headers(
-    request: web.BaseRequest, resolved: ResolvedRoute, *, websocket: bool
+    request: web.BaseRequest,
+    resolved: ResolvedRoute,
+    *,
+    websocket: bool,
+    trusted_proxies: Sequence[str] = (),
 ) -> CIMultiDict[str]:
     """The headers to send upstream for a client request on `resolved`.
 
@@ -93,14 +125,18 @@ def upstream_request_headers(
         headers["Host"] = upstream_host(resolved.upstream)
 
     # X-Forwarded-For is a chain: earlier proxies' entries stay, we add the peer we saw.
-    # Proto and Host describe this hop's client; whatever a client claims there is replaced.
+    # Proto and Host describe the client; only a trusted front proxy may state them.
     peer = request.remote
     if peer:
         earlier = ", ".join(headers.getall(FORWARDED_FOR, ()))
         headers.popall(FORWARDED_FOR, None)
         headers[FORWARDED_FOR] = f"{earlier}, {peer}" if earlier else peer
-    headers[FORWARDED_PROTO] = request.scheme
-    if client_host is not None:
+    headers[FORWARDED_PROTO] = client_scheme(request, trusted_proxies)
+    trusted = is_trusted_peer(peer, tuple(trusted_proxies))
+    claimed_host = request.headers.get(FORWARDED_HOST) if trusted else None
+    if claimed_host:
+        headers[FORWARDED_HOST] = claimed_host
+    elif client_host is not None:
         headers[FORWARDED_HOST] = client_host
     else:
         headers.popall(FORWARDED_HOST, None)

@@ -29,6 +29,7 @@ from aiohttp import WSMsgType, web
 
 from .config import ProxyConfig, Route
 from .headers import (
+    client_scheme,
     requested_subprotocols,
     response_headers_for_client,
     ssl_for_route,
@@ -99,9 +100,13 @@ class Passthrough:
     ) -> web.StreamResponse:
         route = resolved.route
         url = resolved.upstream_url_for(query=_raw_query(request))
-        headers = upstream_request_headers(request, resolved, websocket=False)
+        trusted = self.config.trusted_proxies
+        headers = upstream_request_headers(
+            request, resolved, websocket=False, trusted_proxies=trusted
+        )
         if route.xsrf_enabled:
-            changes = vouch_for_xsrf(request.method, request.headers, request.scheme)
+            scheme = client_scheme(request, trusted)
+            changes = vouch_for_xsrf(request.method, request.headers, scheme)
             if changes:
                 for name, value in changes.items():
                     headers[name] = value
@@ -203,7 +208,12 @@ class Passthrough:
                 upstream = await self.client.ws_connect(
                     url,
                     protocols=requested_subprotocols(request.headers),
-                    headers=upstream_request_headers(request, resolved, websocket=True),
+                    headers=upstream_request_headers(
+                        request,
+                        resolved,
+                        websocket=True,
+                        trusted_proxies=self.config.trusted_proxies,
+                    ),
                     autoclose=False,
                     autoping=True,
                     heartbeat=heartbeat,

@@ -119,7 +119,9 @@ class SessionRegistry:
         handshake: Handshake,
     ) -> UpstreamTarget:
         config = self._server.config
-        headers = upstream_request_headers(request, resolved, websocket=True)
+        headers = upstream_request_headers(
+            request, resolved, websocket=True, trusted_proxies=config.trusted_proxies
+        )
         cookie = handshake.cookie_header()
         if "Cookie" not in headers and cookie:
             headers["Cookie"] = cookie  # kernel.js sends document.cookie in its handshake

@@ -214,3 +214,31 @@ async def test_token_requests_are_unaffected(
         kernel = (await resp.json())["id"]
     async with http.delete(f"{proxy.url}/api/kernels/{kernel}", headers=headers) as resp:
         assert resp.status == 204
+
+
+@pytest.mark.parametrize("trusted", [True, False], ids=["trusted-front-proxy", "untrusted-peer"])
+async def test_https_page_behind_a_tls_terminating_front_proxy(
+    jupyter: JupyterServer,
+    proxy_factory: Callable[..., ProxyProcess],
+    http: aiohttp.ClientSession,
+    cleanup_kernels: None,
+    trusted: bool,
+) -> None:
+    # The browser's page is https://host; a front proxy terminated TLS and says so.
+    config = proxy_config(jupyter.url, trusted_proxies=["127.0.0.1/32"] if trusted else [])
+    proxy = proxy_factory(config)
+    cookie = await login_cookie(http, proxy, jupyter.token)
+    before = await kernel_ids(http, jupyter)
+    headers = {
+        "Cookie": cookie,
+        "Origin": f"https://127.0.0.1:{proxy.port}",
+        "X-Forwarded-Proto": "https",
+    }
+    async with http.post(f"{proxy.url}/api/kernels", headers=headers, json={}) as resp:
+        if trusted:
+            assert resp.status == 201, await resp.text()
+        else:
+            # From an untrusted peer the claim is ignored: an https Origin on an http
+            # connection proves nothing, so the upstream's XSRF check still refuses.
+            assert resp.status in (403, 404), await resp.text()
+            assert await kernel_ids(http, jupyter) == before

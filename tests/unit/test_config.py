@@ -242,3 +242,17 @@ def test_default_config_runs_the_embedded_server() -> None:
     assert [(r.prefix, r.upstream) for r in config.routes] == [("/", "embedded")]
     assert (config.listen.host, config.listen.port) == ("127.0.0.1", 8890)
     assert (config.admin.host, config.admin.port) == ("127.0.0.1", 8891)
+
+
+def test_trusted_proxies_are_addresses_or_networks() -> None:
+    ok = config_from_dict(
+        {"routes": [ROUTE], "trusted_proxies": ["10.0.0.0/8", "127.0.0.1", "::1"]}, "f.yaml"
+    )
+    assert ok.trusted_proxies == ["10.0.0.0/8", "127.0.0.1", "::1"]
+    with pytest.raises(ConfigError) as caught:
+        config_from_dict(
+            {"routes": [ROUTE], "trusted_proxies": ["10.0.0.0/8", "lb.local"]}, "f.yaml"
+        )
+    assert str(caught.value) == (
+        "f.yaml: trusted_proxies[1]: 'lb.local' is not an IP address or network"
+    )
