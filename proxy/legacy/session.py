@@ -26,6 +26,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 from aiohttp import WSMsgType
@@ -224,6 +225,7 @@ class LegacySession:
             return
         try:
             msg = parse_client_message(data)
+            msg = self._adapt_from_client(msg)
         except WireError as exc:
             log.warning(
                 "bad client frame kernel=%s session=%s channel=%s: %s",
@@ -234,11 +236,6 @@ class LegacySession:
             )
             await self.close(exc.close_code, exc.reason, why="bad_client_frame")
             return
-        try:
-            msg = self.adapter.from_client(msg)
-        except Exception as exc:  # the adapter is third-party code: never let it kill the session
-            self._metrics.adaptation_failures.labels("to_upstream").inc()
-            log.warning("could not adapt %s to v5: %r", msg.get("header", {}).get("msg_type"), exc)
         kernel_msg = client_message_to_kernel(msg, channel)
         if self.state is SessionState.DRAINING:
             self._drop("shutdown")
@@ -256,6 +253,18 @@ class LegacySession:
         self.to_upstream.append((kernel_msg, size))
         self.pending += size
         await self._wait_for_space()
+
+    def _adapt_from_client(self, msg: dict[str, Any]) -> dict[str, Any]:
+        """v4 -> v5 when adapting. A malformed request raises WireError; anything else the
+        adapter trips over is counted and the message goes upstream as the client wrote it."""
+        try:
+            return self.adapter.from_client(msg)
+        except WireError:
+            raise
+        except Exception as exc:  # jupyter_client's adapter is not ours: never let it kill us
+            self._metrics.adaptation_failures.labels("to_upstream").inc()
+            log.warning("could not adapt %s to v5: %r", msg["header"].get("msg_type"), exc)
+            return msg
 
     async def reject_client_frame(self, close_code: int, reason: str) -> None:
         log.warning(

@@ -315,3 +315,13 @@ async def test_session_messages_carry_no_channel_key(proxy, jupyter, kernel_id):
             for raw in kc.raw[channel]:
                 assert '"channel"' not in raw[-40:]
                 assert "channel" not in orjson.loads(raw)
+
+
+async def test_request_the_adapter_cannot_read_closes_its_session(proxy, jupyter, kernel_id):
+    async with client(proxy, jupyter, kernel_id) as kc:
+        # A v4 complete_request must carry the line and cursor; without them there is no
+        # faithful v5 request to send.
+        await kc.send_shell("complete_request", {"text": "x"})
+        closed = await kc.wait_closed("shell")
+        assert closed.code == 1007
+        assert "complete_request" in closed.reason
