@@ -36,6 +36,7 @@ from .headers import (
     upstream_request_headers,
 )
 from .routing import ResolvedRoute
+from .tcp import QuickAck
 from .xsrf import vouch_for_xsrf
 
 log = logging.getLogger(__name__)
@@ -256,14 +257,22 @@ class Passthrough:
 async def relay_websocket(
     client: web.WebSocketResponse, upstream: aiohttp.ClientWebSocketResponse
 ) -> None:
-    """Pump frames both ways until one side closes, then close the other likewise."""
-    to_upstream = asyncio.create_task(_pump(client, upstream, "client"))
-    to_client = asyncio.create_task(_pump(upstream, client, "upstream"))
+    """Pump frames both ways until one side closes, then close the other likewise.
+
+    TCP_QUICKACK is re-armed on the upstream socket after every frame either way:
+    jupyter_server never sets TCP_NODELAY, so without it each kernel reply waits ~40 ms for
+    our delayed ACK (see proxy/tcp.py).
+    """
+    quick = QuickAck.for_upstream(upstream)
+    to_upstream = asyncio.create_task(_pump(client, upstream, "client", quick))
+    to_client = asyncio.create_task(_pump(upstream, client, "upstream", quick))
     try:
         await asyncio.gather(to_upstream, to_client)
     finally:
         for task in (to_upstream, to_client):
             task.cancel()
+        if quick is not None:
+            quick.close()
         if not upstream.closed:
             await upstream.close(code=1001, message=b"proxy closed the relay")
         if not client.closed:
@@ -280,7 +289,9 @@ async def _close_for_shutdown(
 WebSocket = web.WebSocketResponse | aiohttp.ClientWebSocketResponse
 
 
-async def _pump(source: WebSocket, sink: WebSocket, source_name: str) -> None:
+async def _pump(
+    source: WebSocket, sink: WebSocket, source_name: str, quick: QuickAck | None = None
+) -> None:
     """Forward frames from `source` to `sink`; on close, carry the close over and finish it."""
     while True:
         msg = await source.receive()
@@ -293,6 +304,8 @@ async def _pump(source: WebSocket, sink: WebSocket, source_name: str) -> None:
                 # The sink is gone; its own pump reports how, so only the source is left.
                 await _close(source, 1001, "the other side of the relay went away")
                 return
+            if quick is not None and not quick.arm():
+                quick = None
             continue
         if kind is WSMsgType.CLOSE:
             code = _sendable(msg.data, fallback=1000)

@@ -32,6 +32,7 @@ import aiohttp
 from aiohttp import WSMsgType
 
 from ..metrics import RELAY_LATENCY_SAMPLE, ProxyMetrics
+from ..tcp import QuickAck
 from ..wire.adapt import SpecAdapter
 from ..wire.errors import WireError
 from ..wire.json_framing import decode_json_frame, encode_json_frame
@@ -45,7 +46,6 @@ from ..wire.v1 import decode_v1, encode_v1
 from .client_socket import LegacySocket
 from .upstream import (
     V1_SUBPROTOCOL,
-    QuickAck,
     UpstreamRefused,
     UpstreamTarget,
     UpstreamUnavailable,

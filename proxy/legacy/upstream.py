@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import socket
 from dataclasses import dataclass
-from typing import Any
 
 import aiohttp
 from multidict import CIMultiDict
 from yarl import URL
+
+from ..tcp import set_no_delay
 
 V1_SUBPROTOCOL = "v1.kernel.websocket.jupyter.org"
 
@@ -75,65 +74,5 @@ async def open_upstream(
         raise UpstreamUnavailable("upstream connect timed out") from None
     except (aiohttp.ClientError, OSError) as exc:
         raise UpstreamUnavailable(f"upstream unreachable: {exc}") from None
-    tune_upstream_socket(ws)
+    set_no_delay(ws)
     return ws
-
-
-def tune_upstream_socket(ws: aiohttp.ClientWebSocketResponse) -> None:
-    """TCP_NODELAY for our small requests."""
-    sock = _socket_of(ws)
-    if sock is None:
-        return
-    try:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    except OSError:
-        pass
-
-
-class QuickAck:
-    """Linux TCP_QUICKACK on an upstream socket, re-armed after each read.
-
-    jupyter_server never sets TCP_NODELAY, so its small writes wait for our ACK (Nagle)
-    while our delayed ACK waits ~40 ms: acknowledging at once removes that stall. The
-    kernel clears quick-ack mode again by itself, hence the re-arm per read. We keep our
-    own duplicate of the file descriptor because uvloop's socket wrapper builds a Python
-    socket object on every setsockopt call.
-    """
-
-    __slots__ = ("_sock",)
-
-    def __init__(self, sock: socket.socket) -> None:
-        self._sock = sock
-
-    @classmethod
-    def for_upstream(cls, ws: aiohttp.ClientWebSocketResponse) -> QuickAck | None:
-        if not hasattr(socket, "TCP_QUICKACK"):
-            return None
-        wrapped = _socket_of(ws)
-        if wrapped is None:
-            return None
-        try:
-            sock = socket.socket(fileno=os.dup(wrapped.fileno()))
-        except OSError:
-            return None
-        quick = cls(sock)
-        if not quick.arm():
-            quick.close()
-            return None
-        return quick
-
-    def arm(self) -> bool:
-        try:
-            self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
-        except OSError:
-            return False
-        return True
-
-    def close(self) -> None:
-        self._sock.close()
-
-
-def _socket_of(ws: aiohttp.ClientWebSocketResponse) -> Any:
-    """The transport's socket (asyncio wraps it; setsockopt still works)."""
-    sock = ws.get_extra_info("socket")
-    return sock if hasattr(sock, "setsockopt") else None
