@@ -264,13 +264,13 @@ async def relay_websocket(
     our delayed ACK (see proxy/tcp.py).
     """
     quick = QuickAck.for_upstream(upstream)
-    to_upstream = asyncio.create_task(_pump(client, upstream, "client", quick))
+    # One direction runs in the caller's task: an idle pair then costs one task, not two.
     to_client = asyncio.create_task(_pump(upstream, client, "upstream", quick))
     try:
-        await asyncio.gather(to_upstream, to_client)
+        await _pump(client, upstream, "client", quick)
+        await to_client
     finally:
-        for task in (to_upstream, to_client):
-            task.cancel()
+        to_client.cancel()
         if quick is not None:
             quick.close()
         if not upstream.closed:
