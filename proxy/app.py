@@ -13,6 +13,7 @@ from aiohttp import web
 from .config import ConfigError, ProxyConfig, load_config
 from .legacy.handler import handle_legacy_socket
 from .legacy.registry import SessionRegistry
+from .logs import AccessLogger
 from .metrics import ProxyMetrics
 from .passthrough import Passthrough, is_websocket_upgrade, make_upstream_client
 from .routing import RouteTable
@@ -52,7 +53,7 @@ class ProxyServer:
         runner = web.AppRunner(
             public,
             handle_signals=False,
-            access_log_class=_access_logger_class(),
+            access_log_class=AccessLogger,
             access_log=logging.getLogger("proxy.access")
             if self.config.logging.access_log
             else None,
@@ -223,11 +224,3 @@ def _listen_ssl(config: ProxyConfig, source: str | None) -> ssl.SSLContext | Non
             source or "<config>", "listen.tls", f"cannot load certificate/key: {exc}"
         ) from None
     return context
-
-
-def _access_logger_class() -> Any:
-    try:
-        from .logs import AccessLogger
-    except ImportError:  # logging module not present: aiohttp's own format
-        from aiohttp.web_log import AccessLogger
-    return AccessLogger

@@ -19,7 +19,6 @@ import asyncio
 import json
 import logging
 import mimetypes
-import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -36,7 +35,7 @@ from .headers import (
     upstream_request_headers,
 )
 from .routing import ResolvedRoute
-from .tcp import QuickAck
+from .tcp import QuickAck, set_no_delay
 from .xsrf import vouch_for_xsrf
 
 log = logging.getLogger(__name__)
@@ -242,9 +241,8 @@ class Passthrough:
         except BaseException:
             await upstream.close(code=1001, message=b"client went away during the handshake")
             raise
-        transport = request.transport
-        _set_nodelay(transport.get_extra_info("socket") if transport is not None else None)
-        _set_nodelay(upstream.get_extra_info("socket"))
+        set_no_delay(request.transport)
+        set_no_delay(upstream)
         relay = (client, upstream)
         self._relays.add(relay)
         try:
@@ -382,13 +380,3 @@ def _websocket_handshake_deadline(route: Route) -> float:
     # ws_connect takes no per-request connect timeout, so the whole handshake is bounded.
     timeouts = route.timeouts
     return timeouts.connect + (timeouts.response or timeouts.connect)
-
-
-def _set_nodelay(sock: socket.socket | None) -> None:
-    """Relay frames as soon as they are written (aiohttp usually sets this already)."""
-    if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
-        return
-    try:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    except OSError:
-        pass

@@ -9,10 +9,10 @@ from typing import Any
 import aiohttp
 
 
-def set_no_delay(ws: aiohttp.ClientWebSocketResponse) -> None:
-    """TCP_NODELAY: our small writes (requests, frames) leave at once."""
-    sock = _socket_of(ws)
-    if sock is None:
+def set_no_delay(endpoint: Any) -> None:
+    """TCP_NODELAY on a transport or client websocket: small writes leave at once."""
+    sock = _socket_of(endpoint)
+    if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
         return
     try:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -63,7 +63,7 @@ class QuickAck:
         self._sock.close()
 
 
-def _socket_of(ws: aiohttp.ClientWebSocketResponse) -> Any:
-    """The transport's socket (asyncio wraps it; setsockopt still works)."""
-    sock = ws.get_extra_info("socket")
+def _socket_of(endpoint: Any) -> Any:
+    """The socket under a transport or websocket (asyncio wraps it; setsockopt still works)."""
+    sock = endpoint.get_extra_info("socket") if endpoint is not None else None
     return sock if hasattr(sock, "setsockopt") else None

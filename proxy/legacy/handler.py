@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import logging
-import socket
 from typing import TYPE_CHECKING
 
 from aiohttp import WSMsgType, web
 
 from ..routing import LegacyTarget, ResolvedRoute
+from ..tcp import set_no_delay
 from ..wire.errors import HandshakeError
 from ..wire.handshake import Handshake, parse_handshake
 from .client_socket import LegacySocket
@@ -37,7 +37,7 @@ async def handle_legacy_socket(
         decode_text=False,
     )
     await ws.prepare(request)
-    _no_delay(request)
+    set_no_delay(request.transport)
     metrics = server.metrics
     try:
         handshake = await _read_handshake(ws, config.limits.handshake_timeout)
@@ -114,16 +114,6 @@ def _handshake_label(reason: str) -> str:
     if reason.startswith("no session handshake"):
         return "timeout"
     return "malformed"
-
-
-def _no_delay(request: web.Request) -> None:
-    transport = request.transport
-    sock = transport.get_extra_info("socket") if transport is not None else None
-    if sock is not None:
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError:
-            pass
 
 
 __all__ = ["handle_legacy_socket"]

@@ -310,9 +310,8 @@ class LegacySession:
         if self.state is SessionState.CLOSED:
             return
         self.state = SessionState.CLOSED
-        self.close_reason = reason
         self._cancel_grace()
-        self._space.set()
+        self._space.set()  # release waiters now, not after the upstream close
         task = self._task
         if task is not None and task is not asyncio.current_task():
             task.cancel()
@@ -322,8 +321,7 @@ class LegacySession:
                 await asyncio.wait_for(ws.close(code=1000), timeout=5)
             except (TimeoutError, aiohttp.ClientError, OSError):
                 pass
-        await self._close_clients(code, reason, style)
-        self._finish(why)
+        await self._end(code, reason, style, why)
 
     async def drain(self, code: int = CLOSE_SERVICE_RESTART, reason: str = "proxy restarting"):
         """Graceful stop: close upstream first, deliver what it still sends, then the clients."""
@@ -347,10 +345,7 @@ class LegacySession:
         for outlet in self.outlets.values():
             await self._flush(outlet)
         self.state = SessionState.CLOSED
-        self.close_reason = reason
-        self._space.set()
-        await self._close_clients(code, reason, self.settings.close_style)
-        self._finish("shutdown")
+        await self._end(code, reason, self.settings.close_style, "shutdown")
 
     def _grace_expired(self) -> None:
         self._grace = None
@@ -363,11 +358,15 @@ class LegacySession:
             self._grace.cancel()
             self._grace = None
 
-    async def _close_clients(self, code: int, reason: str, style: str) -> None:
+    async def _end(self, code: int, reason: str, style: str, why: str) -> None:
+        """The last step of close() and drain(): release waiters, close the legacy sockets."""
+        self.close_reason = reason
+        self._space.set()
         sockets = [o.sock for o in self.outlets.values() if o.sock is not None]
         await asyncio.gather(
             *(sock.close(code, reason, style) for sock in sockets), return_exceptions=True
         )
+        self._finish(why)
 
     def _finish(self, why: str) -> None:
         lost = sum(len(o.held) for o in self.outlets.values()) + len(self.to_upstream)
@@ -599,16 +598,7 @@ class LegacySession:
         sock = outlet.sock
         if sock is not None and not outlet.held and not outlet.broken:
             if sock.queue_text(data):
-                outlet.sent += 1
-                outlet.sent_bytes += len(data)
-                if not self._turn_end_scheduled:
-                    self._turn_end_scheduled = True
-                    self._loop.call_soon(self._end_turn)
-                if sock.queued_bytes > FLUSH_BYTES or sock.congested:
-                    try:
-                        await sock.drain()
-                    except ConnectionError:
-                        pass  # the handler sees the socket go and detaches it
+                await self._sent(outlet, sock, len(data))
                 return
             outlet.broken = True
         outlet.held.append(data)
@@ -616,6 +606,21 @@ class LegacySession:
         if outlet.sock is not None and not outlet.broken and not outlet.flushing:
             self._spawn(self._flush(outlet))
         await self._wait_for_space()
+
+    async def _sent(self, outlet: Outlet, sock: LegacySocket, size: int) -> bool:
+        """Account for a frame queued on `sock`; write at the end of the batch, or now if the
+        queue is large or the client is behind. False if the socket went away meanwhile."""
+        outlet.sent += 1
+        outlet.sent_bytes += size
+        if not self._turn_end_scheduled:
+            self._turn_end_scheduled = True
+            self._loop.call_soon(self._end_turn)
+        if sock.queued_bytes > FLUSH_BYTES or sock.congested:
+            try:
+                await sock.drain()
+            except ConnectionError:
+                return False  # the handler sees the socket go and detaches it
+        return True
 
     def _end_turn(self) -> None:
         """After a batch of upstream messages: one write per socket, and ACK the upstream."""
@@ -659,16 +664,9 @@ class LegacySession:
                     return
                 outlet.held.popleft()
                 self.pending -= len(data)
-                outlet.sent += 1
-                outlet.sent_bytes += len(data)
                 self._release_space()
-                if sock.queued_bytes > FLUSH_BYTES or sock.congested:
-                    try:
-                        await sock.drain()
-                    except ConnectionError:
-                        return
-            if outlet.sock is not None and not outlet.sock.flush():
-                self._reclaim(outlet)
+                if not await self._sent(outlet, sock, len(data)):
+                    return
         finally:
             outlet.flushing = False
 
